@@ -1,0 +1,1 @@
+"""GNA kernels in the CuTe DSL."""
