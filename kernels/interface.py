@@ -1,0 +1,285 @@
+"""Host layer of the fused GNA kernels: what they support, compile once, launch without copies.
+
+The backend chain (``gna_cute.backends``) calls, per architecture (``sm90`` Hopper, ``sm100``
+Blackwell): ``available_*()`` (device-level reason or None), ``can_run_*(args)`` (reason or None),
+``forward_*(args) -> (out, lse)`` and the debug ``tile_counts_*(args)``.  Importing this module
+needs neither a GPU nor the CuTe DSL; both are touched only when a kernel is asked for.
+
+Flow of a call: check -> :class:`FwdConfig` (the static part of the problem, also the compile-cache
+key) -> compiled kernel from :mod:`compile_cache` -> launch on torch's current stream with
+zero-copy views of the user's heads-last tensors (:mod:`cute_tensors`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from gna_cute import neighborhood
+from gna_cute.kernels import compile_cache, config, cute_tensors
+from gna_cute.kernels.config import FwdConfig
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+SUPPORTED_HEAD_DIMS = (32, 64, 128)
+_ARCH_NAME = {90: "sm90", 100: "sm100"}
+_CC_MAJOR = {90: 9, 100: 10}
+_INT32_MAX = 2**31 - 1
+
+
+def _kernel_class(arch: int) -> type:
+    """The device kernel class for ``arch`` (ImportError when its module cannot load)."""
+    if arch == 90:
+        from gna_cute.kernels.sm90_fwd import GNAFwdSm90
+
+        return GNAFwdSm90
+    if arch == 100:
+        from gna_cute.kernels.sm100_fwd import GNAFwdSm100
+
+        return GNAFwdSm100
+    raise ValueError(f"arch={arch!r} has no GNA kernel (known: {sorted(_ARCH_NAME)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _device_reason(arch: int, device: torch.device | None) -> str | None:
+    name = _ARCH_NAME[arch]
+    if not torch.cuda.is_available():
+        return f"{name} needs a CUDA GPU; torch sees none"
+    index = torch.cuda.current_device() if device is None or device.index is None else device.index
+    major, minor = torch.cuda.get_device_capability(index)
+    if major != _CC_MAJOR[arch]:
+        gpu = torch.cuda.get_device_name(index)
+        return f"{name} needs an SM {_CC_MAJOR[arch]}.x GPU; cuda:{index} ({gpu}) is SM {major}.{minor}"
+    try:
+        _kernel_class(arch)
+    except ImportError as e:
+        return f"{name} kernel module cannot be imported: {e}"
+    return None
+
+
+def _tile_shapes(args: Any, arch: int) -> tuple[tuple[int, ...], tuple[int, ...]] | str:
+    """The (q, kv) tile shapes to use, or the reason the requested ones are not supported."""
+    rank = args.params.rank
+    head_dim = args.q.shape[-1]
+    q_tile, kv_tile = args.q_tile_shape, args.kv_tile_shape
+    if q_tile is None and kv_tile is None:
+        return config.default_tile_shapes(arch, rank, head_dim)
+    if q_tile is None or kv_tile is None:
+        return f"q_tile_shape={q_tile} and kv_tile_shape={kv_tile}: give both or neither"
+    pair = (tuple(q_tile), tuple(kv_tile))
+    supported = config.supported_tile_shapes(arch, rank, head_dim)
+    if pair not in [(tuple(a), tuple(b)) for a, b in supported]:
+        listed = ", ".join(f"{a}/{b}" for a, b in supported)
+        return (
+            f"{_ARCH_NAME[arch]} does not support q_tile_shape={pair[0]}, kv_tile_shape={pair[1]} "
+            f"for rank {rank}, head dim {head_dim} (supported q/kv: {listed})"
+        )
+    return pair
+
+
+def problem_reason(args: Any, arch: int) -> str | None:
+    """Why the ``arch`` kernel cannot run ``args``, looking at the problem only (not the device).
+
+    Assumes ``args`` already passed the public argument validation (shapes, ranks, GNAParams).
+    """
+    name = _ARCH_NAME[arch]
+    q, k, v = args.q, args.k, args.v
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"{name} supports float16 and bfloat16, got q.dtype={q.dtype}"
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"{name} needs q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+    head_dim, head_dim_v = q.shape[-1], v.shape[-1]
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        return f"{name} supports head dim {SUPPORTED_HEAD_DIMS}, got {head_dim}"
+    if head_dim_v != head_dim:
+        return f"{name} needs the value head dim equal to the query/key head dim, got {head_dim_v} != {head_dim}"
+    if args.additional_keys is not None or args.additional_values is not None:
+        return f"{name} does not support additional_keys/additional_values"
+    for t_name, t in (("q", q), ("k", k), ("v", v)):
+        if problem := cute_tensors.layout_problem(t_name, t):
+            return f"{name}: {problem}"
+        if max(t.shape) > _INT32_MAX:
+            return f"{name}: {t_name} has an extent over 2^31 - 1: {tuple(t.shape)}"
+    tiles = _tile_shapes(args, arch)
+    if isinstance(tiles, str):
+        return tiles
+    return None
+
+
+def can_run(args: Any, arch: int) -> str | None:
+    """None when the ``arch`` kernel can run ``args``, else the reason it cannot."""
+    if not args.q.is_cuda:
+        return f"{_ARCH_NAME[arch]} runs on CUDA tensors; q is on {args.q.device}"
+    return _device_reason(arch, args.q.device) or problem_reason(args, arch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile
+# ---------------------------------------------------------------------------------------------
+
+
+def make_config(args: Any, arch: int, count_tiles: bool = False) -> FwdConfig:
+    """The static configuration (compile-cache key) of ``args`` on ``arch``; args must be runnable."""
+    tiles = _tile_shapes(args, arch)
+    if isinstance(tiles, str):
+        raise ValueError(tiles)
+    p = args.params
+    return FwdConfig(
+        arch=arch,
+        dtype=cute_tensors.dtype_name(args.q.dtype),
+        head_dim=args.q.shape[-1],
+        head_dim_v=args.v.shape[-1],
+        q_tile_shape=tuple(tiles[0]),
+        kv_tile_shape=tuple(tiles[1]),
+        kernel_size=p.kernel_size,
+        stride=p.stride,
+        dilation=p.dilation,
+        is_causal=p.is_causal,
+        count_tiles=count_tiles,
+    )
+
+
+def _build(cfg: FwdConfig) -> Any:
+    """``cute.compile`` the kernel for ``cfg`` with placeholder tensors (no GPU needed)."""
+    import cutlass
+    import cutlass.cute as cute
+
+    rank = cfg.rank
+    fake = cute_tensors.fake_tensor
+    kernel = _kernel_class(cfg.arch)(cfg)
+    return cute.compile(
+        kernel,
+        fake(cfg.dtype, rank + 3),  # q [B, *spatial, H, D]
+        fake(cfg.dtype, rank + 3),  # k
+        fake(cfg.dtype, rank + 3),  # v
+        fake(cfg.dtype, rank + 3),  # out
+        fake("float32", rank + 2),  # lse [B, *spatial, H]
+        fake("int32", 2 * rank + 1),  # counts (2, *dilation, *tiles)
+        cutlass.Float32(1.0),
+        cute_tensors.fake_stream(),
+    )
+
+
+CACHE = compile_cache.KernelCache("fwd", _build)
+
+
+def compiled_kernel(cfg: FwdConfig) -> Any:
+    """The compiled kernel for ``cfg``: from memory, from disk, or compiled now."""
+    return CACHE.get(cfg)
+
+
+def _warm_one(cfg: FwdConfig) -> None:
+    CACHE.get(cfg)
+
+
+def warm(configs: Iterable[FwdConfig], workers: int | None = None) -> list[BaseException | None]:
+    """Compile ``configs`` into the disk cache in parallel processes (per config: the error).
+
+    For test sweeps and deployments that know their configurations ahead of time; the calls that
+    follow load from disk instead of compiling.  Needs the disk cache enabled.
+    """
+    configs = [c for c in dict.fromkeys(configs) if c not in CACHE]
+    if workers is None:
+        workers = max(1, min(len(configs), (os.cpu_count() or 2) - 1))
+    return compile_cache.warm(_warm_one, configs, workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch
+# ---------------------------------------------------------------------------------------------
+
+
+def counts_shape(params: Any, q_tile_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``(2, *dilation, *tiles)``: Q tiles per dim cover the longest dilation group, ceil(L/d)."""
+    tiles = tuple(
+        neighborhood.num_tiles(neighborhood.num_tiles(n, d), t)
+        for n, d, t in zip(params.spatial_shape, params.dilation, q_tile_shape)
+    )
+    return (2, *params.dilation, *tiles)
+
+
+def _launch(args: Any, arch: int, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if reason := can_run(args, arch):
+        raise ValueError(reason)
+    cfg = make_config(args, arch, count_tiles)
+    kernel = compiled_kernel(cfg)
+    q, k, v = args.q, args.k, args.v
+    out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+    shape = counts_shape(args.params, cfg.q_tile_shape) if count_tiles else (1,) * (2 * cfg.rank + 1)
+    counts = torch.zeros(shape, dtype=torch.int32, device=q.device)
+    to_cute = cute_tensors.to_cute
+    import cutlass
+
+    with torch.cuda.device(q.device):
+        kernel(
+            to_cute(q),
+            to_cute(k),
+            to_cute(v),
+            to_cute(out),
+            to_cute(lse),
+            to_cute(counts),
+            cutlass.Float32(args.scale * math.log2(math.e)),
+            cute_tensors.current_stream(q.device),
+        )
+    return out, lse, counts
+
+
+def forward(args: Any, arch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out [B, *spatial, H, D_v] in q's dtype, lse [B, *spatial, H] fp32)``; asynchronous."""
+    out, lse, _ = _launch(args, arch, count_tiles=False)
+    return out, lse
+
+
+def tile_counts(args: Any, arch: int) -> np.ndarray:
+    """Visited / full KV tiles per (dilation group, Q tile), as the kernel counted them.
+
+    int64 ``(2, *dilation, *tiles)`` (team contract 4), the layout ``gna_cute.sim.tile_counts``
+    returns.  Runs the kernel compiled with ``count_tiles=True`` and synchronizes.
+    """
+    _, _, counts = _launch(args, arch, count_tiles=True)
+    return counts.cpu().numpy().astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contract 2: per-architecture entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def available_sm90() -> str | None:
+    return _device_reason(90, None)
+
+
+def can_run_sm90(args: Any) -> str | None:
+    return can_run(args, 90)
+
+
+def forward_sm90(args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return forward(args, 90)
+
+
+def tile_counts_sm90(args: Any) -> np.ndarray:
+    return tile_counts(args, 90)
+
+
+def available_sm100() -> str | None:
+    return _device_reason(100, None)
+
+
+def can_run_sm100(args: Any) -> str | None:
+    return can_run(args, 100)
+
+
+def forward_sm100(args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return forward(args, 100)
+
+
+def tile_counts_sm100(args: Any) -> np.ndarray:
+    return tile_counts(args, 100)
