@@ -4,6 +4,14 @@ The frozen dataclass is both what the kernel specializes on and the compile-cach
 with equal ``FwdConfig`` reuse one compiled kernel.  Everything not in here (batch, spatial sizes,
 head counts, scale) is a run-time value, so one compile serves every problem size.
 This module imports no CuTe DSL so the simulator and the host layer can use it cheaply.
+
+What the Hopper kernel (``kernels/sm90_fwd.py``) supports, for the host layer's ``can_run_sm90``:
+- Q tile: 128 in-group tokens (two consumer warpgroups of 64 rows); KV tile: 128 tokens, or 64;
+  both shapes from :func:`supported_tile_shapes`.
+- head_dim == head_dim_v in (32, 64, 128); float16 / bfloat16.
+- Dilation: each tile lives in one dilation group, loaded through an ``(L/d, d)`` view of the
+  axis, so **every spatial size must be divisible by its dilation** (``L % d == 0`` per dim);
+  the host layer refuses other problems with that reason (:func:`dilation_problem`).
 """
 
 from __future__ import annotations
@@ -43,3 +51,45 @@ def _prod(xs: tuple[int, ...]) -> int:
     for x in xs:
         out *= x
     return out
+
+
+# Q and KV tile shapes the Hopper kernel is built and tested for, per rank (products 128 / 64).
+_SM90_Q_TILES: dict[int, tuple[tuple[int, ...], ...]] = {
+    1: ((128,),),
+    2: ((16, 8), (8, 16), (32, 4), (4, 32)),
+    3: ((2, 8, 8), (4, 4, 8), (2, 4, 16), (8, 4, 4), (4, 8, 4)),
+}
+_SM90_KV_TILES: dict[int, tuple[tuple[int, ...], ...]] = {
+    1: ((128,), (64,)),
+    2: ((16, 8), (8, 16), (32, 4), (4, 32), (8, 8)),
+    3: ((2, 8, 8), (4, 4, 8), (2, 4, 16), (8, 4, 4), (4, 8, 4), (2, 4, 8)),
+}
+_SM90_HEAD_DIMS = (32, 64, 128)
+
+
+def supported_tile_shapes(arch: int, rank: int, head_dim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every ``(q_tile_shape, kv_tile_shape)`` pair the kernel for ``arch`` compiles for.
+
+    Empty when the arch, rank or head dim is not supported (the caller turns that into a reason).
+    """
+    if arch != 90 or rank not in _SM90_Q_TILES or head_dim not in _SM90_HEAD_DIMS:
+        return []
+    return [(q, kv) for q in _SM90_Q_TILES[rank] for kv in _SM90_KV_TILES[rank]]
+
+
+def default_tile_shapes(arch: int, rank: int, head_dim: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """A sensible tile pair without a search: square-ish boxes of 128 tokens for Q and KV."""
+    if not supported_tile_shapes(arch, rank, head_dim):
+        return None
+    return {1: ((128,), (128,)), 2: ((16, 8), (16, 8)), 3: ((2, 8, 8), (2, 8, 8))}[rank]
+
+
+def dilation_problem(spatial_shape: tuple[int, ...], dilation: tuple[int, ...]) -> str | None:
+    """Why the sm90 kernel cannot run this dilation (``L % d != 0`` in some dim), or None."""
+    for i, (n, d) in enumerate(zip(spatial_shape, dilation)):
+        if n % d:
+            return (
+                f"sm90 kernel needs every spatial size divisible by its dilation; "
+                f"dim {i}: {n} % {d} != 0 (spatial_shape={spatial_shape}, dilation={dilation})"
+            )
+    return None
