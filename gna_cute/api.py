@@ -1,0 +1,65 @@
+"""Public entry point ``gna_cute.attention``: check arguments, then call the torch op.
+
+Layering: this function validates (so errors surface before anything is dispatched, with the
+user's own argument spelling), normalizes per-dim arguments to lists, and calls
+``torch.ops.gna_cute.attention``, which picks the backend and runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+from . import ops  # noqa: F401  (registers torch.ops.gna_cute.attention)
+from .backends import BACKEND_NAMES
+from .checks import check_attention_args, check_backend_name
+
+IntOrTuple = Union[int, Sequence[int]]
+BoolOrTuple = Union[bool, Sequence[bool]]
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
+    is_causal: BoolOrTuple = False,
+    scale: float | None = None,
+    return_lse: bool = False,
+    additional_keys: torch.Tensor | None = None,
+    additional_values: torch.Tensor | None = None,
+    backend: str = "auto",
+    q_tile_shape: Sequence[int] | None = None,
+    kv_tile_shape: Sequence[int] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Generalized neighborhood attention (forward) on heads-last tensors.
+
+    q ``[B, *spatial, H, D]``, k ``[B, *spatial, H_kv, D]``, v ``[B, *spatial, H_kv, D_v]`` with
+    1-3 spatial dims; per-dim ``kernel_size``/``stride``/``dilation``/``is_causal`` (an int/bool
+    broadcasts).  ``scale`` defaults to ``D ** -0.5``.  Extra KV tokens
+    ``[B, N_extra, H_kv, D(_v)]`` are seen by every query under the same softmax.
+    ``backend``: ``"auto"`` (first of sm100, sm90, reference that can run) or one of those names.
+    Returns ``out [B, *spatial, H, D_v]`` (q's dtype), and ``lse [B, *spatial, H]`` (fp32) when
+    ``return_lse``.  Semantics: docs/semantics.md.
+    """
+    checked = check_attention_args(
+        q, k, v, kernel_size, stride, dilation, is_causal, scale,
+        additional_keys, additional_values, q_tile_shape, kv_tile_shape,
+    )  # fmt: skip
+    check_backend_name(backend, BACKEND_NAMES)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
+    p = checked.params
+    out, lse = torch.ops.gna_cute.attention(
+        q, k, v, list(p.kernel_size), list(p.stride), list(p.dilation), list(p.is_causal), checked.scale,
+        additional_keys, additional_values, backend,
+        _list(checked.q_tile_shape), _list(checked.kv_tile_shape),
+    )  # fmt: skip
+    return (out, lse) if return_lse else out
+
+
+def _list(x: tuple[int, ...] | None) -> list[int] | None:
+    return None if x is None else list(x)

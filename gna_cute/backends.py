@@ -1,0 +1,167 @@
+"""Backends behind one ordered ``can_run`` chain: ``sm100``, ``sm90``, ``reference``.
+
+Why a chain of refusals: a user (or ``gna-cute env``) can always ask why a faster backend was not
+picked, and ``backend="auto"`` takes the first one that can run.  Kernel backends import
+``gna_cute.kernels.interface`` lazily, so this module works on machines without a GPU or CuTe DSL;
+an import failure simply becomes the refusal reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .merge import dense_attention, merge_by_lse
+from .params import GNAParams
+from .reference import reference_forward
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionArgs:
+    """One validated GNA call, as every backend receives it (tensors heads-last)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    params: GNAParams
+    scale: float
+    additional_keys: torch.Tensor | None = None
+    additional_values: torch.Tensor | None = None
+    q_tile_shape: tuple[int, ...] | None = None
+    kv_tile_shape: tuple[int, ...] | None = None
+
+    @property
+    def has_extra_kv(self) -> bool:
+        return self.additional_keys is not None
+
+    def without_extra_kv(self) -> "AttentionArgs":
+        return dataclasses.replace(self, additional_keys=None, additional_values=None)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named implementation: ``can_run``/``available`` return None or the reason they refuse."""
+
+    name: str
+    can_run: Callable[[AttentionArgs], str | None]
+    forward: Callable[[AttentionArgs], tuple[torch.Tensor, torch.Tensor]]
+    available: Callable[[], str | None]
+
+
+def _kernel_function(arch: str, what: str):
+    """``gna_cute.kernels.interface.<what>_<arch>``, or the reason it cannot be had."""
+    try:
+        interface = importlib.import_module("gna_cute.kernels.interface")
+    except ImportError as exc:
+        return None, f"gna_cute.kernels.interface cannot be imported: {exc}"
+    fn = getattr(interface, f"{what}_{arch}", None)
+    if fn is None:
+        return None, f"gna_cute.kernels.interface has no {what}_{arch}"
+    return fn, None
+
+
+def _kernel_backend(arch: str) -> Backend:
+    def available() -> str | None:
+        fn, reason = _kernel_function(arch, "available")
+        return reason if fn is None else fn()
+
+    def can_run(args: AttentionArgs) -> str | None:
+        fn, reason = _kernel_function(arch, "can_run")
+        return reason if fn is None else fn(args)
+
+    def forward(args: AttentionArgs) -> tuple[torch.Tensor, torch.Tensor]:
+        fn, reason = _kernel_function(arch, "forward")
+        if fn is None:
+            raise RuntimeError(reason)
+        return fn(args)
+
+    return Backend(arch, can_run, forward, available)
+
+
+def _reference_forward(args: AttentionArgs) -> tuple[torch.Tensor, torch.Tensor]:
+    return reference_forward(
+        args.q, args.k, args.v, args.params, args.scale, args.additional_keys, args.additional_values
+    )
+
+
+REFERENCE = Backend("reference", lambda args: None, _reference_forward, lambda: None)
+BACKENDS: tuple[Backend, ...] = (_kernel_backend("sm100"), _kernel_backend("sm90"), REFERENCE)
+BACKEND_NAMES: tuple[str, ...] = tuple(b.name for b in BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    for b in BACKENDS:
+        if b.name == name:
+            return b
+    raise ValueError(f"backend={name!r} is not one of {['auto', *BACKEND_NAMES]}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The backend picked for a call, and whether extra KV tokens are merged outside it."""
+
+    backend: Backend
+    merge_extra: bool = False
+
+
+def refusal(backend: Backend, args: AttentionArgs) -> tuple[str | None, bool]:
+    """``(reason or None, merge_extra)``: can ``backend`` run ``args``, directly or by merging?
+
+    A kernel that refuses only because of extra KV tokens still runs: the dispatch layer merges a
+    dense attention over those tokens by LSE.
+    """
+    reason = backend.can_run(args)
+    if reason is None or not args.has_extra_kv:
+        return reason, False
+    if backend.can_run(args.without_extra_kv()) is None:
+        return None, True
+    return reason, False
+
+
+_warned_fallback = False
+
+
+def choose(args: AttentionArgs, name: str = "auto") -> Choice:
+    """Pick a backend; an explicit name that cannot run raises ValueError with its reason."""
+    global _warned_fallback
+    if name != "auto":
+        backend = get_backend(name)
+        reason, merge = refusal(backend, args)
+        if reason is not None:
+            raise ValueError(f"backend={name!r} cannot run this problem: {reason}")
+        return Choice(backend, merge)
+    reasons = []
+    for backend in BACKENDS:
+        reason, merge = refusal(backend, args)
+        if reason is None:
+            if backend is REFERENCE and reasons and not _warned_fallback:
+                _warned_fallback = True
+                warnings.warn(
+                    "gna_cute: no kernel backend can run this problem, using the (slow) reference: "
+                    + "; ".join(reasons)
+                    + " (warned once)",
+                    stacklevel=3,
+                )
+            return Choice(backend, merge)
+        reasons.append(f"{backend.name}: {reason}")
+    raise AssertionError("the reference backend always runs")  # pragma: no cover
+
+
+def run(args: AttentionArgs, name: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose and run: ``(out, lse)``."""
+    choice = choose(args, name)
+    if not choice.merge_extra:
+        return choice.backend.forward(args)
+    out, lse = choice.backend.forward(args.without_extra_kv())
+    extra_out, extra_lse = dense_attention(args.q, args.additional_keys, args.additional_values, args.scale)
+    return merge_by_lse(out, lse, extra_out, extra_lse)
+
+
+def why_not(args: AttentionArgs) -> dict[str, str | None]:
+    """Every backend's refusal reason for ``args`` (None = can run)."""
+    return {b.name: refusal(b, args)[0] for b in BACKENDS}
