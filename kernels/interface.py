@@ -70,7 +70,10 @@ def _tile_shapes(args: Any, arch: int) -> tuple[tuple[int, ...], tuple[int, ...]
     head_dim = args.q.shape[-1]
     q_tile, kv_tile = args.q_tile_shape, args.kv_tile_shape
     if q_tile is None and kv_tile is None:
-        return config.default_tile_shapes(arch, rank, head_dim)
+        default = config.default_tile_shapes(arch, rank, head_dim)
+        if default is None:
+            return f"{_ARCH_NAME[arch]} has no tile shapes for rank {rank}, head dim {head_dim}"
+        return tuple(default[0]), tuple(default[1])
     if q_tile is None or kv_tile is None:
         return f"q_tile_shape={q_tile} and kv_tile_shape={kv_tile}: give both or neither"
     pair = (tuple(q_tile), tuple(kv_tile))
@@ -107,6 +110,8 @@ def problem_reason(args: Any, arch: int) -> str | None:
             return f"{name}: {problem}"
         if max(t.shape) > _INT32_MAX:
             return f"{name}: {t_name} has an extent over 2^31 - 1: {tuple(t.shape)}"
+    if problem := config.dilation_problem(args.params.spatial_shape, args.params.dilation):
+        return problem
     tiles = _tile_shapes(args, arch)
     if isinstance(tiles, str):
         return tiles
