@@ -71,6 +71,7 @@ class TileStats:
     full: int  # of those, pairs needing no element mask
     partial: int  # of those, pairs needing an element mask
     ideal: int  # pairs holding at least one attended (query, key) pair
+    dense_q_tiles: int  # Q tiles of the same tile shapes for plain attention
     dense_tile_pairs: int  # Q tiles x KV tiles of the same tile shapes for plain attention
     dense_partial: int  # masked ones among those (only when tiles do not divide the axis)
     tile_bound: float  # dense_tile_pairs / visited
@@ -119,8 +120,8 @@ def simulate(problem: Problem | GNAParams, tiling: Tiling) -> TileStats:
     q_tiles, visited, full, ideal, vmin, vmax, attended = _totals(_dim_tiles(params, tiling))
 
     shape = params.spatial_shape
-    dense_pairs = prod(-(-n // t) for n, t in zip(shape, tiling.q_tile_shape)) * prod(
-        -(-n // t) for n, t in zip(shape, tiling.kv_tile_shape))
+    dense_q_tiles = prod(-(-n // t) for n, t in zip(shape, tiling.q_tile_shape))
+    dense_pairs = dense_q_tiles * prod(-(-n // t) for n, t in zip(shape, tiling.kv_tile_shape))
     dense = _dim_tiles(GNAParams.make(shape, shape), Tiling(tiling.q_tile_shape, tiling.kv_tile_shape))
     dense_full = prod(int(t.full.sum()) for t in dense)
     tokens = prod(shape)
@@ -137,6 +138,7 @@ def simulate(problem: Problem | GNAParams, tiling: Tiling) -> TileStats:
         full=full,
         partial=visited - full,
         ideal=ideal,
+        dense_q_tiles=dense_q_tiles,
         dense_tile_pairs=dense_pairs,
         dense_partial=dense_pairs - dense_full,
         tile_bound=dense_pairs / visited,
