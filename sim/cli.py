@@ -13,7 +13,7 @@ from . import report
 from .problem import GROUP_MAJOR, LAYOUTS, Problem, Tiling
 from .search import EXHAUSTIVE_UP_TO, allowed_tilings, default_tiling, search
 from .tiles import simulate
-from .timemodel import DEFAULT_MASK_FACTOR, calibrate
+from .timemodel import DEFAULT_MASK_FACTOR, calibrate, predicted_speedup
 
 EXAMPLE = "gna-cute sim -i 256 256 -w 80 80 -s 16 16 --heads 24 --q-tile 16 8 --kv-tile 16 8"
 
@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     ints = dict(type=int, nargs="+", metavar="N")
     p.add_argument("-i", "--input-size", required=True, help="spatial shape", **ints)
     p.add_argument("-w", "--window", required=True, help="kernel size per dim (or one for all)", **ints)
-    p.add_argument("-s", "--stride", default=[1], help="stride per dim (default 1)", **ints)
+    p.add_argument("-s", "--stride", action="append",
+                   help="stride per dim (default 1); repeat (-s 1 1 -s 16 16) to compare strides", **ints)
     p.add_argument("--dilation", default=[1], help="dilation per dim (default 1)", **ints)
     p.add_argument("--causal", type=int, nargs="+", default=[0], choices=(0, 1), metavar="0|1",
                    help="causal flag per dim (default 0)")
@@ -55,11 +56,15 @@ def _per_dim(values: list[int]):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _problem(args: argparse.Namespace) -> Problem:
+def _problems(args: argparse.Namespace) -> list[Problem]:
+    """One problem per ``-s`` given (validated by GNAParams.make)."""
     causal = [bool(c) for c in args.causal]
-    params = GNAParams.make(args.input_size, _per_dim(args.window), _per_dim(args.stride),
-                            _per_dim(args.dilation), causal[0] if len(causal) == 1 else tuple(causal))
-    return Problem(params, args.batch, args.heads, args.head_dim)
+    out = []
+    for stride in args.stride or [[1]]:
+        params = GNAParams.make(args.input_size, _per_dim(args.window), _per_dim(stride),
+                                _per_dim(args.dilation), causal[0] if len(causal) == 1 else tuple(causal))
+        out.append(Problem(params, args.batch, args.heads, args.head_dim))
+    return out
 
 
 def _tiling(args: argparse.Namespace, rank: int) -> Tiling | None:
@@ -85,11 +90,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.dense_ms is not None and not args.dense_ms > 0:
         raise ValueError(f"--dense-ms {args.dense_ms} must be positive")
-    problem = _problem(args)
-    rank = problem.params.rank
+    problems = _problems(args)
+    problem, rank = problems[0], problems[0].params.rank
     given = _tiling(args, rank)
     tiling = given or Tiling(*_default_shapes(rank, args), args.layout)
-    stats = simulate(problem, tiling)
+    runs = [(p, simulate(p, tiling)) for p in problems]
     model = None
     if args.dense_ms is not None:
         model = calibrate(args.dense_ms, problem, tiling, args.mask_factor)
@@ -101,17 +106,14 @@ def _run(args: argparse.Namespace) -> int:
         result = search(problem, tilings, exhaustive_up_to=args.exhaustive_up_to)
 
     if args.json:
-        out = {"problem": report.problem_dict(problem), "tiling": report.tiling_dict(tiling),
-               "stats": stats.as_dict(), "mask_factor": args.mask_factor}
-        if model is not None:
-            out["predicted_ms"] = model.predict_ms(problem, stats)
-        if result is not None:
-            out["search"] = report.search_dict(result)
-        print(json.dumps(out, indent=2))
+        print(json.dumps(_json(args, tiling, runs, model, result), indent=2))
     else:
-        print(report.problem_line(problem))
+        print(report.problem_line(problem, strides=len(runs) > 1))
         print()
-        print(report.stats_table(problem, stats, model, args.mask_factor))
+        if len(runs) == 1:
+            print(report.stats_table(problem, runs[0][1], model, args.mask_factor))
+        else:
+            print(report.compare_table(runs, model, args.mask_factor))
         if result is not None:
             print()
             print(f"stride search over {len(result.rows)} strides x "
@@ -121,6 +123,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         _plots(args.plot, problem, tiling, result)
     return 0
+
+
+def _json(args: argparse.Namespace, tiling: Tiling, runs, model, result) -> dict:
+    out = {"problem": report.problem_dict(runs[0][0]), "tiling": report.tiling_dict(tiling),
+           "mask_factor": args.mask_factor, "runs": []}
+    for p, stats in runs:
+        run = {"stride": list(p.params.stride), "stats": stats.as_dict(),
+               "predicted_speedup": predicted_speedup(stats, args.mask_factor)}
+        if model is not None:
+            run["predicted_ms"] = model.predict_ms(p, stats)
+        out["runs"].append(run)
+    if result is not None:
+        out["search"] = report.search_dict(result)
+    return out
 
 
 def _default_shapes(rank: int, args: argparse.Namespace):

@@ -19,10 +19,12 @@ def _shape(t: tuple) -> str:
     return "x".join(str(int(x)) for x in t)
 
 
-def problem_line(problem: Problem) -> str:
+def problem_line(problem: Problem, strides: bool = False) -> str:
+    """One line naming the problem; ``strides`` leaves the stride out (a table lists several)."""
     p = problem.params
     causal = "x".join("1" if c else "0" for c in p.is_causal)
-    return (f"input {_shape(p.spatial_shape)}, window {_shape(p.kernel_size)}, stride {_shape(p.stride)}, "
+    stride = "" if strides else f", stride {_shape(p.stride)}"
+    return (f"input {_shape(p.spatial_shape)}, window {_shape(p.kernel_size)}{stride}, "
             f"dilation {_shape(p.dilation)}, causal {causal}; batch {problem.batch}, heads {problem.heads}, "
             f"head dim {problem.head_dim}")
 
@@ -71,6 +73,28 @@ def stats_table(problem: Problem, stats: TileStats, model: TimeModel | None = No
     rows = stats_rows(problem, stats, model, mask_factor)
     return tabulate(rows, headers=["quantity (per batch x head)", "value"], tablefmt=TABLE_FORMAT,
                     disable_numparse=True)
+
+
+def compare_table(runs: list[tuple[Problem, TileStats]], model: TimeModel | None = None,
+                  mask_factor: float = DEFAULT_MASK_FACTOR) -> str:
+    """One row per stride of the same problem and tiling: the headline numbers side by side."""
+    s0 = runs[0][1]
+    headers = ["stride", "FLOP bound", "tile bound", "ideal bound", "visited", "masked %",
+               "KV tiles/Q tile", "block-sparse", "pred. speedup"]
+    if model is not None:
+        headers.append("pred. ms")
+    table = []
+    for problem, s in runs:
+        line = [_shape(problem.params.stride), f"{s.flop_bound:.2f}", f"{s.tile_bound:.2f}",
+                f"{s.ideal_bound:.2f}", f"{s.visited:,}", f"{100 * s.partial_fraction:.1f}",
+                f"{s.visited_min}/{s.visited_mean:.1f}/{s.visited_max}", "yes" if s.block_sparse else "no",
+                f"{predicted_speedup(s, mask_factor if model is None else model.mask_factor):.2f}"]
+        if model is not None:
+            line.append(f"{model.predict_ms(problem, s):.3f}")
+        table.append(line)
+    title = (f"tiling {_shape(s0.q_tile_shape)}/{_shape(s0.kv_tile_shape)} ({s0.layout}), "
+             f"{s0.q_tiles:,} Q tiles, {s0.dense_tile_pairs:,} dense tile pairs per batch x head")
+    return title + "\n" + tabulate(table, headers=headers, tablefmt=TABLE_FORMAT, disable_numparse=True)
 
 
 def _search_rows(result: SearchResult) -> list[SearchRow]:

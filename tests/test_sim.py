@@ -297,13 +297,19 @@ def test_cli_table_json_search_and_plots(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "10.24" in out and "perfectly block-sparse" in out
 
+    assert _cli("-i", "32768", "-w", "2048", "-s", "1", "-s", "2048", "--q-tile", "128",
+                "--kv-tile", "128") == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 ") or
+            line.startswith("| 2048 ")]
+    assert len(rows) == 2 and "15.11" in rows[0] and "16.00" in rows[1]
+
     assert _cli("-i", "64", "48", "-w", "16", "8", "--q-tile", "8", "8", "--kv-tile", "8", "8",
                 "--search", "--json", "--dense-ms", "2.5", "--plot", str(tmp_path)) == 0
     data = json.loads(capsys.readouterr().out)
     stats = simulate(GNAParams.make((64, 48), (16, 8)), Tiling((8, 8), (8, 8)))
-    assert data["stats"]["visited"] == stats.visited
+    assert data["runs"][0]["stats"]["visited"] == stats.visited
     assert data["search"]["pareto"][0]["stride"] == [1, 1]
-    assert data["predicted_ms"] > 0
+    assert data["runs"][0]["predicted_ms"] > 0
     pytest.importorskip("matplotlib")
     assert (tmp_path / "sim_search.png").stat().st_size > 0
     assert (tmp_path / "sim_visited.png").stat().st_size > 0
