@@ -1,0 +1,302 @@
+"""Shared by the GPU kernel tests (sm90 now, sm100 later): the seeded sweep and the accuracy rule.
+
+Why a sweep built from *static* configurations: everything in ``FwdConfig`` (window, stride,
+dilation, causal, dtype, head dim, tiles) is compiled into the kernel, while batch, heads and
+spatial sizes are run-time values.  So the sweep draws a few dozen static configurations and
+several problems for each: every problem is a distinct configuration for the kernel's scheduler
+and masks, at one compile per static configuration (compiled up front, in parallel).
+
+Accuracy rule (FlashAttention's): with ``truth`` an fp64 computation written here from the
+semantics (masks from ``brute_force.keys_of_query_1d``), and ``low`` the same attention done the
+way a same-precision PyTorch program does it (logits and P rounded to the input dtype),
+``max|kernel - fp32 reference| <= K * max|low - truth| + ATOL`` for the output and the LSE.  The
+fp32 reference is ``gna_cute.reference`` on the whole tensor; ``truth``/``low`` are computed on all
+query rows of small problems and on a sample of rows (borders included) of the large ones.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from brute_force import keys_of_query_1d
+from gna_cute.backends import AttentionArgs
+from gna_cute.params import GNAParams
+from gna_cute.reference import reference_forward
+
+K_OUT = 3.0
+ATOL_OUT = 2e-3
+K_LSE = 3.0
+ATOL_LSE = 2e-3
+MAX_SMALL_TOKENS = 4096  # up to this many tokens every row is checked against fp64
+SAMPLED_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class Static:
+    """The compile-time part of a problem (one kernel compile)."""
+
+    dtype: torch.dtype
+    head_dim: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    is_causal: tuple[bool, ...]
+    tiles: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # None: the kernel's default
+
+    @property
+    def rank(self) -> int:
+        return len(self.kernel_size)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem: a static configuration plus run-time sizes."""
+
+    static: Static
+    spatial: tuple[int, ...]
+    batch: int
+    heads: int
+    kv_heads: int
+    seed: int
+    label: str = field(default="", compare=False)
+
+    @property
+    def id(self) -> str:
+        s = self.static
+        dt = "f16" if s.dtype == torch.float16 else "bf16"
+        causal = "".join("c" if c else "n" for c in s.is_causal)
+        tiles = "" if s.tiles is None else f"-t{s.tiles[0]}x{s.tiles[1]}"
+        tag = f"{self.label}-" if self.label else ""
+        return (
+            f"{tag}{dt}-d{s.head_dim}-L{self.spatial}-w{s.kernel_size}-s{s.stride}-dil{s.dilation}-{causal}"
+            f"-B{self.batch}H{self.heads}/{self.kv_heads}{tiles}"
+        ).replace(" ", "")
+
+    def params(self) -> GNAParams:
+        s = self.static
+        return GNAParams.make(self.spatial, s.kernel_size, s.stride, s.dilation, s.is_causal)
+
+    def args(self, device: str = "cuda") -> AttentionArgs:
+        """Seeded inputs (``device="meta"``: shapes only, for building the compile configs)."""
+        s = self.static
+        shape = (self.batch, *self.spatial)
+        shapes = [(*shape, h, s.head_dim) for h in (self.heads, self.kv_heads, self.kv_heads)]
+        if device == "meta":
+            q, k, v = (torch.empty(sh, dtype=s.dtype, device="meta") for sh in shapes)
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            q, k, v = (torch.randn(sh, generator=gen).to(device=device, dtype=s.dtype) for sh in shapes)
+        q_tile, kv_tile = s.tiles if s.tiles is not None else (None, None)
+        return AttentionArgs(q, k, v, self.params(), s.head_dim**-0.5, q_tile_shape=q_tile, kv_tile_shape=kv_tile)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------
+
+_WINDOW_RANGE = {1: (2, 160), 2: (2, 20), 3: (2, 7)}
+_TOKEN_BUDGET = {1: 3000, 2: 3000, 3: 3000}
+_BIG_GROUP = {1: 1500, 2: 64, 3: 16}  # several Q/KV tiles per dim
+
+
+def _random_static(rng: random.Random, rank: int, tile_pairs) -> Static:
+    lo, hi = _WINDOW_RANGE[rank]
+    ks, st, dl, ca = [], [], [], []
+    for _ in range(rank):
+        w = rng.choice([rng.randint(lo, hi), rng.randint(lo, min(hi, 9))])
+        s = rng.choice([1, 1, w, rng.randint(1, w)])
+        ks.append(w)
+        st.append(s)
+        dl.append(rng.choice([1, 1, 1, 2, 3]))
+        ca.append(rng.random() < 0.3)
+    head_dim = rng.choice([32, 64, 128])
+    pairs = tile_pairs(rank, head_dim)
+    tiles = rng.choice(pairs) if pairs and rng.random() < 0.3 else None
+    return Static(
+        dtype=rng.choice([torch.float16, torch.bfloat16]),
+        head_dim=head_dim,
+        kernel_size=tuple(ks),
+        stride=tuple(st),
+        dilation=tuple(dl),
+        is_causal=tuple(ca),
+        tiles=None if tiles is None else (tuple(tiles[0]), tuple(tiles[1])),
+    )
+
+
+def _random_spatial(rng: random.Random, s: Static, whole_axis: bool) -> tuple[int, ...]:
+    """Sizes divisible by the dilation (the sm90 constraint), otherwise arbitrary, within budget."""
+    for _ in range(50):
+        spatial = []
+        for w, d in zip(s.kernel_size, s.dilation):
+            if whole_axis:
+                group = w
+            else:
+                big = rng.randint(w, max(w, _BIG_GROUP[s.rank]))
+                group = rng.choice([w, w + rng.randint(1, 7), w + rng.randint(1, 3 * w + 40), big, big])
+            spatial.append(group * d)
+        if math.prod(spatial) <= _TOKEN_BUDGET[s.rank] or whole_axis:
+            return tuple(spatial)
+    return tuple(w * d for w, d in zip(s.kernel_size, s.dilation))
+
+
+def random_cases(seed: int, n_static: int, per_static: int, tile_pairs) -> list[Case]:
+    """``n_static`` random static configurations (ranks in turn), ``per_static`` problems each.
+
+    ``tile_pairs(rank, head_dim)`` lists the (q, kv) tile shapes the kernel supports; a third of
+    the configurations use one of them instead of the default.  Each configuration gets one
+    problem whose window covers every axis (dense when nothing is causal or dilated).
+    """
+    rng = random.Random(seed)
+    cases = []
+    for i in range(n_static):
+        static = _random_static(rng, 1 + i % 3, tile_pairs)
+        for j in range(per_static):
+            kv_heads = rng.choice([1, 1, 2, 3])
+            heads = kv_heads * rng.choice([1, 1, 2, 4])
+            cases.append(
+                Case(
+                    static,
+                    _random_spatial(rng, static, whole_axis=(j == 0)),
+                    batch=rng.choice([1, 1, 2, 3]),
+                    heads=heads,
+                    kv_heads=kv_heads,
+                    seed=rng.randrange(2**31),
+                )
+            )
+    return cases
+
+
+def worked_example_cases() -> list[Case]:
+    """The worked checks of docs/semantics.md, as kernel problems (1D, L = 10)."""
+    examples = [
+        ((10,), (3,), (1,), (1,), (False,)),
+        ((10,), (4,), (1,), (1,), (False,)),
+        ((10,), (4,), (4,), (1,), (False,)),
+        ((10,), (4,), (2,), (1,), (True,)),
+        ((9,), (3,), (1,), (3,), (False,)),  # dilation 3 (the doc's L = 10 is not divisible by 3)
+    ]
+    return [
+        Case(Static(torch.float16, 64, w, s, d, c), spatial, 1, 2, 1, seed=100 + i, label="worked")
+        for i, (spatial, w, s, d, c) in enumerate(examples)
+    ]
+
+
+def headline_cases() -> list[Case]:
+    """The three headline shapes at reduced heads, neighborhood (s = 1) and blocked (s = w)."""
+    shapes = [((32768,), (2048,)), ((256, 256), (80, 80)), ((30, 48, 80), (18, 24, 24))]
+    cases = []
+    for i, (spatial, w) in enumerate(shapes):
+        rank = len(spatial)
+        for stride in ((1,) * rank, w):
+            static = Static(torch.float16, 128, w, stride, (1,) * rank, (False,) * rank)
+            cases.append(Case(static, spatial, 1, 2, 1, seed=200 + i, label="headline"))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent fp64 truth and the same-precision baseline, on selected query rows
+# ---------------------------------------------------------------------------------------------
+
+
+def select_rows(spatial: tuple[int, ...], seed: int) -> np.ndarray:
+    """All token indices of a small problem; else the corners of the grid plus a random sample."""
+    n = math.prod(spatial)
+    if n <= MAX_SMALL_TOKENS:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    corners = [np.ravel_multi_index(tuple(x * (n_i - 1) for x, n_i in zip(c, spatial)), spatial)
+               for c in np.ndindex(*(2,) * len(spatial))]  # fmt: skip
+    sample = rng.choice(n, size=SAMPLED_ROWS, replace=False)
+    return np.unique(np.concatenate([np.array(corners), sample]))
+
+
+def row_masks(params: GNAParams, rows: np.ndarray) -> torch.Tensor:
+    """Bool ``[R, N]``: which tokens each selected query row attends to (brute-force windows)."""
+    coords = np.unravel_index(rows, params.spatial_shape)
+    mask = np.ones((len(rows), 1), dtype=bool)
+    for axis, n in enumerate(params.spatial_shape):
+        args = (n, params.kernel_size[axis], params.stride[axis], params.dilation[axis], params.is_causal[axis])
+        per_coord = {}
+        for x in np.unique(coords[axis]):
+            m = np.zeros(n, dtype=bool)
+            m[sorted(keys_of_query_1d(int(x), *args))] = True
+            per_coord[int(x)] = m
+        dim_mask = np.stack([per_coord[int(x)] for x in coords[axis]])  # [R, n]
+        mask = (mask[:, :, None] & dim_mask[:, None, :]).reshape(len(rows), -1)
+    return torch.from_numpy(mask)
+
+
+def attend_rows(args: AttentionArgs, rows: np.ndarray, mask: torch.Tensor, low: bool):
+    """Attention of the selected rows: ``(out [B, R, H, Dv], lse [B, R, H])``.
+
+    ``low=False``: float64 throughout (the truth).  ``low=True``: as a same-precision PyTorch
+    program would do it: logits from an input-dtype matmul, fp32 softmax, P rounded to the input
+    dtype, P @ V in the input dtype.
+    """
+    q, k, v = args.q, args.k, args.v
+    batch, heads, kv_heads = q.shape[0], q.shape[-2], k.shape[-2]
+    group = heads // kv_heads
+    idx = torch.from_numpy(rows).to(q.device)
+    qr = q.flatten(1, -3).index_select(1, idx).transpose(1, 2)  # [B, H, R, D]
+    kk = k.flatten(1, -3).repeat_interleave(group, dim=2).transpose(1, 2)  # [B, H, N, D]
+    vv = v.flatten(1, -3).repeat_interleave(group, dim=2).transpose(1, 2)
+    m = mask.to(q.device)
+    if low:
+        logits = (qr @ kk.transpose(-1, -2)).float() * args.scale
+    else:
+        logits = (qr.double() @ kk.double().transpose(-1, -2)) * args.scale
+    logits = logits.masked_fill(~m, float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)
+    p = torch.softmax(logits, dim=-1)
+    out = (p.to(q.dtype) @ vv) if low else (p @ vv.double())
+    return out.transpose(1, 2), lse.transpose(1, 2)
+
+
+@dataclass
+class Errors:
+    out_kernel: float
+    out_baseline: float
+    lse_kernel: float
+    lse_baseline: float
+    reference_vs_truth: float
+
+    def ok(self) -> bool:
+        return (
+            self.out_kernel <= K_OUT * self.out_baseline + ATOL_OUT
+            and self.lse_kernel <= K_LSE * self.lse_baseline + ATOL_LSE
+            and self.reference_vs_truth <= 1e-3
+        )
+
+
+def measure(case: Case, args: AttentionArgs, out: torch.Tensor, lse: torch.Tensor, full_reference: bool = True) -> Errors:
+    """Kernel errors vs the fp32 reference (whole tensor) and the fp64 truth (selected rows)."""
+    rows = select_rows(case.spatial, case.seed)
+    mask = row_masks(args.params, rows)
+    truth_out, truth_lse = attend_rows(args, rows, mask, low=False)
+    low_out, low_lse = attend_rows(args, rows, mask, low=True)
+    idx = torch.from_numpy(rows).to(out.device)
+    k_out = out.flatten(1, -3).index_select(1, idx).double()
+    k_lse = lse.flatten(1, -2).index_select(1, idx).double()
+    out_err = (k_out - truth_out).abs().max().item()
+    lse_err = (k_lse - truth_lse).abs().max().item()
+    ref_vs_truth = 0.0
+    if full_reference:
+        ref_out, ref_lse = reference_forward(
+            args.q.float(), args.k.float(), args.v.float(), args.params, args.scale
+        )
+        out_err = max(out_err, (out.float() - ref_out).abs().max().item())
+        lse_err = max(lse_err, (lse - ref_lse).abs().max().item())
+        r_out = ref_out.flatten(1, -3).index_select(1, idx).double()
+        ref_vs_truth = (r_out - truth_out).abs().max().item()
+    return Errors(
+        out_kernel=out_err,
+        out_baseline=(low_out.double() - truth_out).abs().max().item(),
+        lse_kernel=lse_err,
+        lse_baseline=(low_lse.double() - truth_lse).abs().max().item(),
+        reference_vs_truth=ref_vs_truth,
+    )
