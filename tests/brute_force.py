@@ -117,29 +117,33 @@ def attention_fp64(
     heads, dim = q.shape[-2], q.shape[-1]
     kv_heads, dim_v = v.shape[-2], v.shape[-1]
     n = int(np.prod(spatial))
-    qf = q.detach().to("cpu", torch.float64).reshape(batch, n, heads, dim)
-    kf = k.detach().to("cpu", torch.float64).reshape(batch, n, kv_heads, dim)
-    vf = v.detach().to("cpu", torch.float64).reshape(batch, n, kv_heads, dim_v)
+    # numpy float64 copies: per-element loops over small arrays are much cheaper than in torch
+    qf = q.detach().to("cpu", torch.float64).reshape(batch, n, heads, dim).numpy()
+    kf = k.detach().to("cpu", torch.float64).reshape(batch, n, kv_heads, dim).numpy()
+    vf = v.detach().to("cpu", torch.float64).reshape(batch, n, kv_heads, dim_v).numpy()
     if extra_k is not None:
-        ek = extra_k.detach().to("cpu", torch.float64)
-        ev = extra_v.detach().to("cpu", torch.float64)
+        ek = extra_k.detach().to("cpu", torch.float64).numpy()
+        ev = extra_v.detach().to("cpu", torch.float64).numpy()
     group = heads // kv_heads
-    out = torch.zeros(batch, n, heads, dim_v, dtype=torch.float64)
-    lse = torch.zeros(batch, n, heads, dtype=torch.float64)
+    out = np.zeros((batch, n, heads, dim_v))
+    lse = np.zeros((batch, n, heads))
     for b in range(batch):
         for h in range(heads):
             hk = h // group
             for qi in range(n):
-                key_idx = np.nonzero(mask[qi])[0].tolist()
+                key_idx = np.nonzero(mask[qi])[0]
                 keys = kf[b, key_idx, hk]
                 values = vf[b, key_idx, hk]
                 if extra_k is not None:
-                    keys = torch.cat([keys, ek[b, :, hk]])
-                    values = torch.cat([values, ev[b, :, hk]])
+                    keys = np.concatenate([keys, ek[b, :, hk]])
+                    values = np.concatenate([values, ev[b, :, hk]])
                 logits = (keys @ qf[b, qi, h]) * scale
                 top = logits.max()
-                weights = torch.exp(logits - top)
+                weights = np.exp(logits - top)
                 total = weights.sum()
                 out[b, qi, h] = (weights[:, None] * values).sum(0) / total
-                lse[b, qi, h] = torch.log(total) + top
-    return out.reshape(batch, *spatial, heads, dim_v), lse.reshape(batch, *spatial, heads)
+                lse[b, qi, h] = np.log(total) + top
+    return (
+        torch.from_numpy(out).reshape(batch, *spatial, heads, dim_v),
+        torch.from_numpy(lse).reshape(batch, *spatial, heads),
+    )

@@ -9,7 +9,8 @@ Use in a test module::
 
 Tests marked with the pytest markers ``gpu`` / ``sm90`` / ``sm100`` / ``slow`` (declared in
 pyproject.toml) are skipped the same way, so either spelling works.  ``GNA_CUTE_LONG=1`` turns on
-the long random sweeps (``LONG`` is True and ``slow`` tests run).
+the long random sweeps (``LONG`` is True and ``slow`` tests run).  CPU torch runs on one thread
+in tests (tiny tensors, shared machine).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 LONG: bool = os.environ.get("GNA_CUTE_LONG", "") not in ("", "0")
+
+# Test tensors are tiny and the CPU is shared: intra-op threads only spin and contend.
+torch.set_num_threads(1)
 
 
 def _cuda_major() -> int | None:
