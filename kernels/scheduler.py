@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from gna_cute import neighborhood as nb
+from gna_cute.kernels.dsl_values import DslCarried
 
 Num = Any
 MinMax = Callable[[Num, Num], Num]
@@ -69,7 +70,7 @@ class TileGeometry:
         return out
 
 
-class QTileWork:
+class QTileWork(DslCarried):
     """One Q tile of one dilation group, decoded from a linear work index, with its KV tile box.
 
     The linear index enumerates ``(*dilation_group, *q_tile)`` row-major (last dim fastest), the

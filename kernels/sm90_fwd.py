@@ -1,0 +1,439 @@
+"""Hopper (sm_90a) fused GNA forward: warp-specialized TMA + WGMMA, GNA tile schedule in-kernel.
+
+One CTA computes one Q tile (128 in-group tokens of one dilation group, a 1-3 dim box) of one
+(batch, head).  Warpgroup 0 is the producer: warp 0 loads Q once and streams the K/V tiles the
+scheduler names through a multi-stage shared-memory pipeline (TMA, mbarriers).  Warpgroups 1-2
+each own 64 Q rows: S = Q K^T (WGMMA, both operands in smem), mask only on partial tiles, online
+softmax in fp32 registers, O += P V (WGMMA, P from registers).  The epilogue stages O in smem and
+writes the Q box with one TMA store (clipped at borders); LSE is written by the threads owning
+column 0, predicated on the rows that exist.
+
+Tensors stay in the user's heads-last layout ``[B, *spatial, H, D]``: each is viewed as
+``(tokens, D, H, [groups,] B)`` with the spatial dims grouped into one hierarchical token mode
+(last spatial dim first, i.e. fastest) and, under dilation, each spatial dim split as ``(L/d, d)``
+so a tile is a box of in-group positions of one group.  TMA zero-fills border tiles on load.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import Float32, Int32, const_expr
+from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.utils import LayoutEnum
+
+from gna_cute.kernels.config import FwdConfig
+from gna_cute.kernels.mask import RowWindows
+from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
+from gna_cute.kernels.softmax import OnlineSoftmax, acc_rows_view, rescale_rows
+
+_DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
+_SMEM_BUDGET = 220 * 1024
+_EPILOGUE_BARRIER = 1
+
+
+def _rev(xs: list) -> Any:
+    """Spatial coordinates in view order (last spatial dim first); a scalar for rank 1."""
+    return tuple(reversed(xs)) if len(xs) > 1 else xs[0]
+
+
+def _frag_a_view(acc: cute.Tensor) -> cute.Tensor:
+    """View an fp32 S accumulator ``((2,2,N/8),M,N)`` as the A-operand fragment of the PV MMA.
+
+    Two adjacent 8-column blocks of S form one 16-wide k block of P: ``((2,2,2),M,(N/16,N))``.
+    """
+    l = cute.logical_divide(acc.layout, ((None, None, 2), None, None))
+    frag = cute.make_layout(
+        ((l.shape[0][0], l.shape[0][1], l.shape[0][2][0]), l.shape[1], (l.shape[0][2][1], l.shape[2])),
+        stride=(
+            (l.stride[0][0], l.stride[0][1], l.stride[0][2][0]),
+            l.stride[1],
+            (l.stride[0][2][1], l.stride[2]),
+        ),
+    )
+    return cute.make_tensor(acc.iterator, frag)
+
+
+def _gemm(tiled_mma: cute.TiledMma, acc: cute.Tensor, a: cute.Tensor, b: cute.Tensor, zero_init: bool) -> None:
+    """Issue one warpgroup GEMM over all k blocks and commit it (the caller waits)."""
+    warpgroup.fence()
+    atom = cute.make_mma_atom(tiled_mma.op)  # fresh atom: ACCUMULATE is toggled below
+    atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
+    for k in range(cute.size(a.shape[2])):
+        cute.gemm(atom, acc, a[None, None, k], b[None, None, k], acc)
+        atom.set(warpgroup.Field.ACCUMULATE, True)
+    warpgroup.commit_group()
+
+
+class GNAFwdSm90:
+    """The kernel for one static configuration (``FwdConfig`` is the compile-cache key)."""
+
+    num_producer_regs = 24
+    num_mma_regs = 240
+
+    def __init__(self, cfg: FwdConfig) -> None:
+        if cfg.arch != 90:
+            raise ValueError(f"cfg.arch={cfg.arch}: GNAFwdSm90 is the sm90 kernel")
+        if cfg.dtype not in _DTYPES:
+            raise ValueError(f"cfg.dtype={cfg.dtype!r} must be one of {list(_DTYPES)}")
+        if cfg.head_dim != cfg.head_dim_v or cfg.head_dim not in (32, 64, 128):
+            raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in (32, 64, 128)")
+        if cfg.q_tile_size != 128:
+            raise ValueError(f"q_tile_shape={cfg.q_tile_shape} must hold 128 tokens (2 warpgroups x 64 rows)")
+        if cfg.kv_tile_size % 16 or not 16 <= cfg.kv_tile_size <= 256:
+            raise ValueError(f"kv_tile_shape={cfg.kv_tile_shape} must hold a multiple of 16 tokens, 16..256")
+        self.cfg = cfg
+        self.geom = TileGeometry.from_config(cfg)
+        self.rank = cfg.rank
+        self.dtype = _DTYPES[cfg.dtype]
+        self.tile_m = cfg.q_tile_size
+        self.tile_n = cfg.kv_tile_size
+        self.hdim = cfg.head_dim
+        self.hdimv = cfg.head_dim_v
+        self.has_groups = any(d > 1 for d in cfg.dilation)
+        self.num_mma_wg = 2
+        self.num_threads = 128 * (1 + self.num_mma_wg)
+        elem = 2
+        fixed = (self.tile_m * self.hdim + self.tile_m * self.hdimv) * elem
+        per_stage = self.tile_n * (self.hdim + self.hdimv) * elem
+        self.num_stages = max(2, min(4, (_SMEM_BUDGET - fixed) // per_stage))
+
+    # ------------------------------------------------------------------ host side
+    def _token_view(self, t: cute.Tensor) -> cute.Tensor:
+        """``[B, *spatial, H, D]`` -> ``(tokens, D, H, [groups,] B)``; tokens in-group, last dim first."""
+        n = self.rank
+        shp, std = t.shape, t.stride
+        dil = self.cfg.dilation
+        tok_shape = [shp[1 + i] // dil[i] for i in range(n)]
+        tok_stride = [std[1 + i] * dil[i] for i in range(n)]
+        shape = [_rev(tok_shape), shp[n + 2], shp[n + 1]]
+        stride = [_rev(tok_stride), std[n + 2], std[n + 1]]
+        if const_expr(self.has_groups):
+            shape.append(_rev([dil[i] for i in range(n)]))
+            stride.append(_rev([std[1 + i] for i in range(n)]))
+        shape.append(shp[0])
+        stride.append(std[0])
+        return cute.make_tensor(t.iterator, cute.make_layout(tuple(shape), stride=tuple(stride)))
+
+    def _tile_coord(self, tile: list, head: Int32, group: list, batch: Int32) -> tuple:
+        """Coordinate of one tile in the zipped-divided token view."""
+        rest = [_rev(tile), 0, head]
+        if const_expr(self.has_groups):
+            rest.append(_rev(group))
+        rest.append(batch)
+        return (None, tuple(rest))
+
+    def _smem_layout(self, rows: int, cols: int, stages: int | None) -> Any:
+        atom = warpgroup.make_smem_layout_atom(
+            sm90_utils.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, self.dtype, cols), self.dtype
+        )
+        shape = (rows, cols) if stages is None else (rows, cols, stages)
+        return cute.tile_to_shape(atom, shape, order=(0, 1) if stages is None else (0, 1, 2))
+
+    def _make_layouts(self) -> None:
+        """Swizzled smem layouts (static; rebuilt wherever used: host and device are separate IR)."""
+        self.sQ_layout = self._smem_layout(self.tile_m, self.hdim, None)
+        self.sK_layout = self._smem_layout(self.tile_n, self.hdim, self.num_stages)
+        self.sV_layout = self._smem_layout(self.tile_n, self.hdimv, self.num_stages)
+        self.sO_layout = self._smem_layout(self.tile_m, self.hdimv, None)
+
+    def _make_mmas(self) -> None:
+        """S = Q K^T with both operands in smem; O += P V with P from registers."""
+        self.tiled_mma_qk = sm90_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.K,
+            Float32, atom_layout_mnk=(self.num_mma_wg, 1, 1), tiler_mn=(64, self.tile_n),
+        )
+        self.tiled_mma_pv = sm90_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.MN,
+            Float32, atom_layout_mnk=(self.num_mma_wg, 1, 1), tiler_mn=(64, self.hdimv),
+            a_source=warpgroup.OperandSource.RMEM,
+        )
+
+    @cute.jit
+    def __call__(
+        self,
+        mQ: cute.Tensor,
+        mK: cute.Tensor,
+        mV: cute.Tensor,
+        mO: cute.Tensor,
+        mLSE: cute.Tensor,
+        mCounts: cute.Tensor,
+        scale_log2: Float32,
+        stream: Any,
+    ):
+        n = self.rank
+        self._make_layouts()
+
+        tiler_q = (_rev(list(self.cfg.q_tile_shape)), self.hdim)
+        tiler_kv = (_rev(list(self.cfg.kv_tile_shape)), self.hdim)
+        tiler_v = (_rev(list(self.cfg.kv_tile_shape)), self.hdimv)
+        tiler_o = (_rev(list(self.cfg.q_tile_shape)), self.hdimv)
+        load_op = cpasync.CopyBulkTensorTileG2SOp()
+        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load_op, self._token_view(mQ), self.sQ_layout, tiler_q)
+        tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(
+            load_op, self._token_view(mK), cute.select(self.sK_layout, mode=[0, 1]), tiler_kv
+        )
+        tma_atom_V, tma_V = cpasync.make_tiled_tma_atom(
+            load_op, self._token_view(mV), cute.select(self.sV_layout, mode=[0, 1]), tiler_v
+        )
+        tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileS2GOp(), self._token_view(mO), self.sO_layout, tiler_o
+        )
+        self.tx_q = cute.size_in_bytes(self.dtype, self.sQ_layout)
+        self.tx_k = cute.size_in_bytes(self.dtype, cute.select(self.sK_layout, mode=[0, 1]))
+        self.tx_v = cute.size_in_bytes(self.dtype, cute.select(self.sV_layout, mode=[0, 1]))
+
+        stages = self.num_stages
+
+        @cute.struct
+        class SharedStorage:
+            mbar_q: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_k: cute.struct.MemRange[cutlass.Int64, 2 * stages]
+            mbar_v: cute.struct.MemRange[cutlass.Int64, 2 * stages]
+            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sQ_layout)], 1024]
+            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sK_layout)], 1024]
+            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sV_layout)], 1024]
+            sO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sO_layout)], 1024]
+
+        self.shared_storage = SharedStorage
+        lengths = [mQ.shape[1 + i] for i in range(n)]
+        grid = (self.geom.num_work_tiles(lengths), mQ.shape[n + 1], mQ.shape[0])
+        self.kernel(
+            tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V, tma_V, tma_atom_O, tma_O,
+            mLSE, mCounts, mK.shape[n + 1], scale_log2,
+        ).launch(
+            grid=grid,
+            block=[self.num_threads, 1, 1],
+            smem=SharedStorage.size_in_bytes(),
+            stream=stream,
+            min_blocks_per_mp=1,
+        )
+
+    # ------------------------------------------------------------------ device side
+    @cute.kernel
+    def kernel(
+        self,
+        tma_atom_Q: cute.CopyAtom,
+        tma_Q: cute.Tensor,
+        tma_atom_K: cute.CopyAtom,
+        tma_K: cute.Tensor,
+        tma_atom_V: cute.CopyAtom,
+        tma_V: cute.Tensor,
+        tma_atom_O: cute.CopyAtom,
+        tma_O: cute.Tensor,
+        mLSE: cute.Tensor,
+        mCounts: cute.Tensor,
+        num_heads_kv: Int32,
+        scale_log2: Float32,
+    ):
+        n = self.rank
+        self._make_layouts()
+        self._make_mmas()
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        if warp_idx == 0:
+            for atom in (tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O):
+                cpasync.prefetch_descriptor(atom)
+
+        smem = cutlass.utils.SmemAllocator()
+        storage = smem.allocate(self.shared_storage)
+        producer = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
+        consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_mma_wg * 4)
+        pipe_q = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.mbar_q.data_ptr(), num_stages=1, producer_group=producer,
+            consumer_group=consumers, tx_count=self.tx_q, defer_sync=True,
+        )
+        pipe_k = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.mbar_k.data_ptr(), num_stages=self.num_stages,
+            producer_group=producer, consumer_group=consumers, tx_count=self.tx_k, defer_sync=True,
+        )
+        pipe_v = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.mbar_v.data_ptr(), num_stages=self.num_stages,
+            producer_group=producer, consumer_group=consumers, tx_count=self.tx_v, defer_sync=True,
+        )
+        cute.arch.mbarrier_init_fence()
+        cute.arch.barrier()
+
+        sQ = storage.sQ.get_tensor(self.sQ_layout.outer, swizzle=self.sQ_layout.inner)
+        sK = storage.sK.get_tensor(self.sK_layout.outer, swizzle=self.sK_layout.inner)
+        sV = storage.sV.get_tensor(self.sV_layout.outer, swizzle=self.sV_layout.inner)
+        sO = storage.sO.get_tensor(self.sO_layout.outer, swizzle=self.sO_layout.inner)
+
+        work_idx, head, batch = cute.arch.block_idx()
+        lengths = [mLSE.shape[1 + i] for i in range(n)]
+        work = QTileWork(self.geom, lengths, work_idx, cutlass.min, cutlass.max)
+        num_heads = mLSE.shape[n + 1]
+        head_kv = head // (num_heads // num_heads_kv)
+
+        if warp_idx < 4:
+            cute.arch.setmaxregister_decrease(self.num_producer_regs)
+            if warp_idx == 0:
+                self.load(
+                    work, head, head_kv, batch, tma_atom_Q, tma_Q, tma_atom_K, tma_K,
+                    tma_atom_V, tma_V, sQ, sK, sV, pipe_q, pipe_k, pipe_v,
+                )
+        else:
+            cute.arch.setmaxregister_increase(self.num_mma_regs)
+            self.consume(
+                work, head, batch, tma_atom_O, tma_O, mLSE, mCounts, sQ, sK, sV, sO,
+                pipe_q, pipe_k, pipe_v, scale_log2,
+            )
+
+    @cute.jit
+    def load(
+        self, work: QTileWork, head: Int32, head_kv: Int32, batch: Int32,
+        tma_atom_Q: cute.CopyAtom, tma_Q: cute.Tensor, tma_atom_K: cute.CopyAtom, tma_K: cute.Tensor,
+        tma_atom_V: cute.CopyAtom, tma_V: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
+        pipe_q: Any, pipe_k: Any, pipe_v: Any,
+    ):
+        """Producer warp: Q once, then K and V of every scheduled KV tile, in schedule order."""
+        tiler_q = (_rev(list(self.cfg.q_tile_shape)), self.hdim)
+        tiler_k = (_rev(list(self.cfg.kv_tile_shape)), self.hdim)
+        tiler_v = (_rev(list(self.cfg.kv_tile_shape)), self.hdimv)
+        gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
+        tQsQ, tQgQ = cpasync.tma_partition(
+            tma_atom_Q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2), gQ
+        )
+        tKsK, tKgK = cpasync.tma_partition(
+            tma_atom_K, 0, cute.make_layout(1), cute.group_modes(sK, 0, 2), cute.zipped_divide(tma_K, tiler_k)
+        )
+        tVsV, tVgV = cpasync.tma_partition(
+            tma_atom_V, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2), cute.zipped_divide(tma_V, tiler_v)
+        )
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        pipe_q.producer_acquire(q_state)
+        cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
+
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+        for j in cutlass.range(work.num_kv_tiles, unroll=1):
+            kv = work.kv_tile(j)
+            coord = self._tile_coord(kv, head_kv, work.group, batch)[1]
+            pipe_k.producer_acquire(kv_state)
+            cute.copy(
+                tma_atom_K, tKgK[None, coord], tKsK[None, kv_state.index],
+                tma_bar_ptr=pipe_k.producer_get_barrier(kv_state),
+            )
+            pipe_v.producer_acquire(kv_state)
+            cute.copy(
+                tma_atom_V, tVgV[None, coord], tVsV[None, kv_state.index],
+                tma_bar_ptr=pipe_v.producer_get_barrier(kv_state),
+            )
+            kv_state.advance()
+
+    @cute.jit
+    def consume(
+        self, work: QTileWork, head: Int32, batch: Int32, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor,
+        mLSE: cute.Tensor, mCounts: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
+        sO: cute.Tensor, pipe_q: Any, pipe_k: Any, pipe_v: Any, scale_log2: Float32,
+    ):
+        """Consumer warpgroups: the KV loop (masked body only on partial tiles), then the epilogue."""
+        n = self.rank
+        tidx = cute.arch.thread_idx()[0] - 128
+        wg = cute.arch.make_warp_uniform(tidx // 128)
+        mma_qk, mma_pv = self.tiled_mma_qk, self.tiled_mma_pv
+        thr_qk = mma_qk.get_slice(tidx)
+        wg_qk = mma_qk.get_slice(wg * 128)
+        wg_pv = mma_pv.get_slice(wg * 128)
+        tSrQ = wg_qk.make_fragment_A(wg_qk.partition_A(sQ))
+        tSrK = wg_qk.make_fragment_B(wg_qk.partition_B(sK))
+        sVt = cute.composition(
+            sV, cute.make_ordered_layout((self.hdimv, self.tile_n, self.num_stages), order=(1, 0, 2))
+        )
+        tOrVt = wg_pv.make_fragment_B(wg_pv.partition_B(sVt))
+        tOrP = wg_pv.make_fragment_A(wg_pv.partition_shape_A((self.tile_m, self.tile_n)))
+        acc_S = cute.make_rmem_tensor(thr_qk.partition_shape_C((self.tile_m, self.tile_n)), Float32)
+        thr_pv = mma_pv.get_slice(tidx)
+        acc_O = cute.make_rmem_tensor(thr_pv.partition_shape_C((self.tile_m, self.hdimv)), Float32)
+        acc_O.fill(0.0)
+
+        # This thread's rows (Q tile positions) and columns (KV tile positions).
+        coords = acc_rows_view(thr_qk.partition_C(cute.make_identity_tensor((self.tile_m, self.tile_n))))
+        num_rows = cute.size(coords, mode=[0])
+        row_coords = [coords[r, 0][0] for r in range(num_rows)]
+        col_coords = [coords[0, c][1] for c in range(cute.size(coords, mode=[1]))]
+        windows = RowWindows(work, row_coords)
+
+        softmax = OnlineSoftmax(num_rows, scale_log2)
+        softmax.reset()
+        row_scale = cute.make_rmem_tensor(num_rows, Float32)
+
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        pipe_q.consumer_wait(q_state)
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        num_full = Int32(0)
+        for j in cutlass.range(work.num_kv_tiles, unroll=1):
+            kv = work.kv_tile(j)
+            full = work.kv_is_full(kv)
+            pipe_k.consumer_wait(kv_state)
+            _gemm(mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], zero_init=True)
+            warpgroup.wait_group(0)
+            pipe_k.consumer_release(kv_state)
+            if full:
+                num_full += 1
+            else:
+                windows.apply(acc_S, col_coords, kv)
+            softmax.update(acc_S, row_scale)
+            rescale_rows(acc_O, row_scale)
+            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+            pipe_v.consumer_wait(kv_state)
+            _gemm(mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], zero_init=False)
+            warpgroup.wait_group(0)
+            pipe_v.consumer_release(kv_state)
+            kv_state.advance()
+
+        lse = cute.make_rmem_tensor(num_rows, Float32)
+        softmax.finalize(row_scale, lse)
+        rescale_rows(acc_O, row_scale)
+        self.epilogue(work, head, batch, acc_O, lse, row_coords, col_coords[0], tidx, sO, tma_atom_O, tma_O, mLSE)
+        if const_expr(self.cfg.count_tiles):
+            if tidx == 0 and batch == 0 and head == 0:
+                idx = (*work.group, *work.q_tile_idx)
+                mCounts[(0, *idx)] = work.num_kv_tiles
+                mCounts[(1, *idx)] = num_full
+
+    @cute.jit
+    def epilogue(
+        self, work: QTileWork, head: Int32, batch: Int32, acc_O: cute.Tensor, lse: cute.Tensor,
+        row_coords: list, col0: Int32, tidx: Int32, sO: cute.Tensor, tma_atom_O: cute.CopyAtom,
+        tma_O: cute.Tensor, mLSE: cute.Tensor,
+    ):
+        """O: registers -> smem (stmatrix) -> one TMA store of the Q box; LSE: predicated stores."""
+        n = self.rank
+        rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
+        rO.store(acc_O.load().to(self.dtype))
+        store_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
+        thr_store = cute.make_tiled_copy_C(store_atom, self.tiled_mma_pv).get_slice(tidx)
+        cute.copy(thr_store, thr_store.retile(rO), thr_store.partition_D(sO))
+        cute.arch.fence_view_async_shared()
+        cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=128 * self.num_mma_wg)
+
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        if warp_idx == 4:
+            tiler_o = (_rev(list(self.cfg.q_tile_shape)), self.hdimv)
+            gO = cute.zipped_divide(tma_O, tiler_o)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
+            tOsO, tOgO = cpasync.tma_partition(
+                tma_atom_O, 0, cute.make_layout(1), cute.group_modes(sO, 0, 2), gO
+            )
+            cute.copy(tma_atom_O, tOsO, tOgO)
+            cute.arch.cp_async_bulk_commit_group()
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
+
+        if col0 == 0:
+            for r in cutlass.range_constexpr(len(row_coords)):
+                q_in = split_tile_index(row_coords[r], self.cfg.q_tile_shape)
+                q = [work.q_tile_idx[i] * self.cfg.q_tile_shape[i] + q_in[i] for i in range(n)]
+                inside = q[0] < work.group_len[0]
+                for i in cutlass.range_constexpr(1, n):
+                    inside = inside & (q[i] < work.group_len[i])
+                if inside:
+                    x = [q[i] * self.cfg.dilation[i] + work.group[i] for i in range(n)]
+                    mLSE[(batch, *x, head)] = lse[r]
+
+
+def log2_scale(scale: float) -> float:
+    """The ``scale_log2`` argument: softmax scale times log2(e), folded into one exp2 FMA."""
+    return scale * math.log2(math.e)

@@ -1,0 +1,94 @@
+"""Online softmax for register-resident score tiles (the Hopper case: S and O live in registers).
+
+Each thread holds a few rows of S (its slice of a warpgroup MMA accumulator); a row is spread over
+the 4 threads of a quad.  The row max is reduced over the quad on every tile (all four must scale
+by the same factor), the row sum only once at the end.  Scores stay unscaled until ``exp2``, where
+``scale * log2(e)`` is folded into one FMA: ``exp2(s * scale_log2 - max * scale_log2)``.
+
+Rows that have seen no visible key yet have max ``-inf``; they use 0 as the subtrahend so that
+``exp2(-inf - 0) = 0`` instead of NaN, and keep a zero sum.  Padded query rows past the axis are
+never stored, but must not produce NaN that could leak through a shared reduction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32
+
+from gna_cute.kernels.dsl_values import DslCarried
+
+LN2 = math.log(2.0)
+
+
+def acc_rows_view(acc: cute.Tensor) -> cute.Tensor:
+    """View a Hopper MMA accumulator ``((2, 2, N/8), M, N)`` as ``(rows, cols)`` of this thread.
+
+    Rows are ``(2, M)`` (the thread's row pair, times M repeats), columns ``(2, N/8, N)``.
+    """
+    layout = cute.make_layout(acc.layout.shape)  # compact column-major over the same shape
+    s, d = layout.shape, layout.stride
+    rows = cute.make_layout(
+        ((s[0][1], s[1]), (s[0][0], s[0][2], s[2])),
+        stride=((d[0][1], d[1]), (d[0][0], d[0][2], d[2])),
+    )
+    return cute.make_tensor(acc.iterator, cute.composition(acc.layout, rows))
+
+
+class OnlineSoftmax(DslCarried):
+    """Running row max / row sum of one thread's rows, and the O rescale they imply."""
+
+    def __init__(self, num_rows: int, scale_log2: Float32) -> None:
+        self.num_rows = num_rows
+        self.scale_log2 = scale_log2
+        self.row_max = cute.make_rmem_tensor(num_rows, Float32)
+        self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
+
+    def reset(self) -> None:
+        self.row_max.fill(-Float32.inf)
+        self.row_sum.fill(0.0)
+
+    @cute.jit
+    def update(self, acc_S: cute.Tensor, row_scale: cute.Tensor) -> None:
+        """Exponentiate ``acc_S`` in place (it becomes P) and write each row's O rescale factor."""
+        s_rows = acc_rows_view(acc_S)
+        ncol = cute.size(s_rows, mode=[1])
+        for r in cutlass.range_constexpr(self.num_rows):
+            tile_max = s_rows[r, 0]
+            for c in cutlass.range_constexpr(1, ncol):
+                tile_max = cute.arch.fmax(tile_max, s_rows[r, c])
+            tile_max = cute.arch.warp_reduction_max(tile_max, threads_in_group=4)
+            prev_max = self.row_max[r]
+            new_max = cute.arch.fmax(prev_max, tile_max)
+            self.row_max[r] = new_max
+            safe_max = Float32(0.0) if new_max == -Float32.inf else new_max
+            max_scaled = safe_max * self.scale_log2
+            scale = cute.math.exp2(prev_max * self.scale_log2 - max_scaled, fastmath=True)
+            row_scale[r] = scale
+            acc = self.row_sum[r] * scale
+            for c in cutlass.range_constexpr(ncol):
+                p = cute.math.exp2(s_rows[r, c] * self.scale_log2 - max_scaled, fastmath=True)
+                s_rows[r, c] = p
+                acc = acc + p
+            self.row_sum[r] = acc
+
+    @cute.jit
+    def finalize(self, row_scale: cute.Tensor, lse: cute.Tensor) -> None:
+        """Quad-reduce the row sums; write ``1 / sum`` (0 for empty rows) and the natural-log LSE."""
+        for r in cutlass.range_constexpr(self.num_rows):
+            total = cute.arch.warp_reduction_sum(self.row_sum[r], threads_in_group=4)
+            empty = total == Float32(0.0)
+            row_scale[r] = Float32(0.0) if empty else cute.arch.rcp_approx(total)
+            lse_r = (self.row_max[r] * self.scale_log2 + cute.math.log2(total, fastmath=True)) * LN2
+            lse[r] = -Float32.inf if empty else lse_r
+
+
+@cute.jit
+def rescale_rows(acc_O: cute.Tensor, row_scale: cute.Tensor) -> None:
+    """Multiply each of this thread's rows of an accumulator by its factor."""
+    o_rows = acc_rows_view(acc_O)
+    for r in cutlass.range_constexpr(cute.size(o_rows, mode=[0])):
+        for c in cutlass.range_constexpr(cute.size(o_rows, mode=[1])):
+            o_rows[r, c] = o_rows[r, c] * row_scale[r]
