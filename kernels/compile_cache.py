@@ -23,6 +23,7 @@ import platform
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +42,8 @@ class CacheStats:
     memory_hits: int = 0
     compile_s: float = 0.0
     disk_load_s: float = 0.0
+    export_failures: int = 0
+    last_export_error: str = ""
 
 
 def default_root() -> Path:
@@ -175,8 +178,11 @@ class KernelCache:
                 tmp_key.write_text(repr(key))
                 os.replace(tmp_key, key_file)
                 os.replace(Path(tmp) / "kernel.o", obj)
-        except OSError:
-            return  # read-only or full disk: the in-memory copy still serves this process
+        except Exception as e:  # read-only/full disk, or a kernel the DSL cannot export
+            self.stats.export_failures += 1
+            self.stats.last_export_error = f"{type(e).__name__}: {e}"
+            if self.stats.export_failures == 1:
+                warnings.warn(f"gna_cute: compiled kernel not saved to the disk cache ({e})", stacklevel=3)
 
 
 def warm(fn: Callable[[Hashable], Any], keys: Iterable[Hashable], workers: int) -> list[BaseException | None]:
