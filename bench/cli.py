@@ -1,0 +1,159 @@
+"""``gna-cute bench``: run a suite or one problem, print the table, write JSON/markdown/plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+from . import problems as P
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "y"):
+        return True
+    if low in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a bool (1/0/true/false), got {text!r}")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark gna_cute against cuDNN, FlashAttention-4, FlexAttention and the simulator",
+        description="Run a named suite (--suite) or one problem given by flags (-i/-w/...). "
+        "--dry-run lists problems and providers without a GPU.",
+    )
+    p.add_argument("--suite", choices=sorted(P.SUITES), help="named problem suite")
+    p.add_argument("-i", "--input-size", type=int, nargs="+", help="spatial shape, e.g. -i 256 256")
+    p.add_argument("-w", "--window", type=int, nargs="+", help="kernel size (int or one per dim)")
+    p.add_argument("-s", "--stride", type=int, nargs="+", default=[1])
+    p.add_argument("--dilation", type=int, nargs="+", default=[1])
+    p.add_argument("--causal", type=_bool, nargs="*", default=None,
+                   help="bare: causal in every dim; or one bool per dim")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=1)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--dtype", choices=P.DTYPES, default="float16")
+    p.add_argument("--q-tile", type=int, nargs="+", help="our kernel's Q tile shape")
+    p.add_argument("--kv-tile", type=int, nargs="+", help="our kernel's KV tile shape")
+    p.add_argument("--providers", help="comma-separated subset (cudnn-dense is always added)")
+    p.add_argument("--dry-run", action="store_true", help="list problems and providers, run nothing")
+    p.add_argument("--out", type=Path, help="output folder (default bench/results/<device>/)")
+    p.add_argument("--runs", type=int, default=30, help="timed calls per provider (>= 20)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--graphs", action="store_true", help="time CUDA-graph replays of each call")
+    p.add_argument("--no-l2-flush", action="store_true")
+    p.add_argument("--err-heads", type=int, default=1, help="heads compared with the reference")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=main)
+
+
+def _one(v: list[int] | None):
+    return None if v is None else (v[0] if len(v) == 1 else tuple(v))
+
+
+def problems_from_args(args: argparse.Namespace) -> tuple[str, list[P.Problem]]:
+    """(output stem, problems) from ``--suite`` or the problem flags; ValueError when neither."""
+    if args.suite and args.input_size:
+        raise ValueError("give either --suite or one problem (-i/--input-size), not both")
+    if args.suite:
+        return args.suite, P.suite(args.suite)
+    if not args.input_size or not args.window:
+        raise ValueError("give --suite NAME, or a problem with -i/--input-size and -w/--window")
+    causal = False if args.causal is None else (True if args.causal == [] else _one(args.causal))
+    prob = P.Problem.make(
+        args.input_size, _one(args.window), _one(args.stride), _one(args.dilation), causal,
+        batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+        q_tile_shape=args.q_tile, kv_tile_shape=args.kv_tile,
+    )
+    return prob.name, [prob]
+
+
+def _dry_run(problems: list[P.Problem], providers: list) -> int:
+    from .results import PROBLEM_HEADERS, RunRecord, problem_table
+
+    rec = RunRecord("dry-run", {}, {}, [p.summary() for p in problems], [])
+    print(tabulate(problem_table(rec), PROBLEM_HEADERS, tablefmt="github"))
+    print()
+    rows = []
+    for prov in providers:
+        avail = prov.available()
+        runs = [p for p in problems if prov.can_run(p) is None]
+        rows.append([prov.name, prov.role, avail or "yes", f"{len(runs)}/{len(problems)}"])
+    print(tabulate(rows, ["provider", "role", "available here", "problems it takes"], tablefmt="github"))
+    for prov in providers:
+        reasons = {prov.can_run(p) for p in problems} - {None}
+        for r in sorted(reasons):
+            print(f"  {prov.name}: skips some problems: {r}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    from . import providers as prov_mod
+
+    try:
+        stem, problems = problems_from_args(args)
+        providers = prov_mod.select(args.providers)
+    except ValueError as e:
+        print(f"gna-cute bench: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return _dry_run(problems, providers)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gna-cute bench: no CUDA device (use --dry-run to list problems and providers)",
+              file=sys.stderr)
+        return 2
+    from . import results, runner
+
+    settings = runner.Settings(runs=args.runs, warmup=args.warmup, use_graph=args.graphs,
+                               flush_l2=not args.no_l2_flush, err_heads=args.err_heads)
+    env = results.collect_env()
+    print(f"gna-cute bench {stem}: {len(problems)} problems x {len(providers)} providers on "
+          f"{env['device']} (torch {env['torch']}, CuTe DSL {env['cutlass_dsl']}, FA4 {env['flash_attn_4']})",
+          flush=True)
+    t0 = time.perf_counter()
+    rows = runner.run(problems, providers, settings, log=lambda s: print(s, flush=True))
+    record = results.RunRecord(stem, env, {**settings.as_dict(), "wall_s": round(time.perf_counter() - t0, 1)},
+                               [p.summary() for p in problems], rows)
+    out_dir = args.out or _default_out(env)
+    if args.no_plots:
+        paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths[0].write_text(record.to_json() + "\n")
+        paths[1].write_text(results.markdown(record))
+    else:
+        paths = results.save(record, out_dir, stem)
+    print()
+    print(tabulate(results.row_table(record, include_skipped=False), results.ROW_HEADERS, tablefmt="github"))
+    failed = [r for r in rows if r.get("status") == "failed"]
+    for r in failed:
+        print(f"FAILED {r['problem']} {r['provider']}: {r['reason']}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0 if any(r.get("status") == "ok" for r in rows) else 1
+
+
+def _default_out(env: dict) -> Path:
+    from .results import device_dirname
+
+    here = Path(__file__).resolve().parent / "results"
+    return here / device_dirname(env)
+
+
+def standalone(argv: list[str] | None = None) -> int:
+    """``python -m gna_cute.bench.cli`` without the package CLI (for environments without it)."""
+    parser = argparse.ArgumentParser(prog="gna-cute")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(standalone())

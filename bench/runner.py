@@ -1,0 +1,174 @@
+"""Runs problems x providers on one GPU and turns timings into table rows.
+
+Per problem: one set of random inputs shared by every provider; the reference output (first
+``err_heads`` heads) computed once, outside timing; then each provider is set up (untimed), called
+once (compilation, also untimed: reported as ``first_call_s``), checked against the reference,
+and timed with :func:`timing.time_fn`.  The derived columns (speedups, useful TFLOP/s, fraction of
+the simulator's tile bound) are filled once every provider of the problem has run.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from . import timing
+from .problems import Problem
+from .providers import Prepared, Refused, reference_output
+
+
+@dataclass(frozen=True)
+class Settings:
+    runs: int = 30
+    warmup: int = 3
+    use_graph: bool = False
+    flush_l2: bool = True
+    err_heads: int = 1  # heads compared with the reference (the reference is slow on big rows)
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _inputs(problem: Problem, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (problem.batch, *problem.spatial_shape, problem.heads, problem.head_dim)
+    dtype = getattr(torch, problem.dtype)
+    return tuple(torch.randn(shape, generator=gen, device="cuda", dtype=dtype) for _ in range(3))
+
+
+def _max_error(out: torch.Tensor, ref: torch.Tensor, heads: int, region: tuple[slice, ...] | None) -> float:
+    o = out[..., :heads, :].float()
+    if region is not None:
+        index = (slice(None), *region)
+        o, ref = o[index], ref[index]
+    return float((o - ref).abs().max())
+
+
+def run_problem(problem: Problem, providers: list[Any], settings: Settings,
+                log: Callable[[str], None], timing_cache: dict) -> list[dict]:
+    """Rows (one per provider, ran or not) for one problem."""
+    rows: list[dict] = []
+    q, k, v = _inputs(problem, settings.seed)
+    scale = problem.head_dim ** -0.5
+    h = min(settings.err_heads, problem.heads)
+    t0 = time.perf_counter()
+    ref = reference_output(problem, *(t[..., :h, :].contiguous() for t in (q, k, v)), scale).float()
+    torch.cuda.synchronize()
+    log(f"  reference ({h} head{'s' if h > 1 else ''}) {time.perf_counter() - t0:.1f} s")
+
+    for prov in providers:
+        row: dict = {"problem": problem.name, "provider": prov.name, "role": prov.role}
+        rows.append(row)
+        reason = prov.available() or prov.can_run(problem)
+        if reason:
+            row.update(status="skipped", reason=reason)
+            continue
+        key = (prov.name, _timing_key(problem)) if prov.role == "baseline" else None
+        prep: Prepared | None = None
+        try:
+            if key in timing_cache and not problem.is_dense:
+                row.update(status="ok", info={"timing": "shared with an earlier row of the same sizes"},
+                           **timing_cache[key])
+                log(f"  {prov.name:12s} {row['ms']:9.3f} ms (cached)")
+                continue
+            t0 = time.perf_counter()
+            prep = prov.setup(problem, q, k, v, scale)
+            prep.fn()
+            torch.cuda.synchronize()
+            row["first_call_s"] = round(time.perf_counter() - t0, 2)
+            if prep.compare:
+                row["max_err"] = _max_error(prep.output(), ref, h, prep.error_region)
+                if prep.error_region is not None:
+                    prep.info["error_over"] = "queries away from the borders"
+            tm = timing.time_fn(prep.fn, settings.runs, settings.warmup, settings.use_graph,
+                                settings.flush_l2)
+            measured = {"ms": tm.median_ms, "q1_ms": tm.q1_ms, "q3_ms": tm.q3_ms, "runs": tm.runs,
+                        "method": tm.method, "host_us": tm.host_us}
+            if key is not None:
+                timing_cache[key] = measured
+            row.update(status="ok", info=prep.info, **measured)
+            log(f"  {prov.name:12s} {tm.median_ms:9.3f} ms  (IQR {100 * tm.spread:.1f} %, host "
+                f"{tm.host_us:.0f} us, first call {row['first_call_s']} s)")
+        except Refused as e:
+            row.update(status="skipped", reason=str(e))
+            log(f"  {prov.name:12s} skipped: {e}")
+        except Exception as e:  # one provider's failure must not lose the other rows
+            row.update(status="failed", reason=f"{type(e).__name__}: {str(e)[:300]}")
+            log(f"  {prov.name:12s} FAILED: {type(e).__name__}: {str(e)[:300]}")
+            log(traceback.format_exc(limit=4))
+        finally:
+            del prep
+            torch.cuda.empty_cache()
+    del q, k, v, ref
+    torch.cuda.empty_cache()
+    _derive(problem, rows)
+    rows.extend(_sim_rows(problem, rows))
+    return rows
+
+
+def _timing_key(problem: Problem) -> tuple:
+    """Dense attention costs the same for every window: share its timing across such rows."""
+    return (problem.batch, problem.tokens, problem.heads, problem.head_dim, problem.dtype)
+
+
+def _derive(problem: Problem, rows: list[dict]) -> None:
+    ok = {r["provider"]: r for r in rows if r.get("status") == "ok"}
+    cudnn = ok.get("cudnn-dense", {}).get("ms")
+    peer_roles = ("dense-peer",) if problem.is_dense else ("peer",)
+    peers = [r["ms"] for r in ok.values() if r["role"] in peer_roles]
+    best_peer = min(peers) if peers else None
+    bound = problem.kernel_stats.tile_bound
+    for r in ok.values():
+        ms = r["ms"]
+        r["useful_tflops"] = problem.useful_flops / (ms * 1e-3) / 1e12
+        if cudnn:
+            r["speedup_cudnn"] = cudnn / ms
+            r["pct_tile_bound"] = 100.0 * (cudnn / ms) / bound
+        if best_peer:
+            r["speedup_peer"] = best_peer / ms
+
+
+def _sim_rows(problem: Problem, rows: list[dict]) -> list[dict]:
+    """The simulator's FLOP-wise and tile-wise bounds and its predicted time, as timed-like rows.
+
+    Times are relative to this run's cuDNN dense time: FLOP bound = cuDNN / (dense / attended
+    pairs); tile bound = cuDNN / (dense / visited tile pairs); predicted = the simulator's time
+    model calibrated on that same dense time with our kernel's tiling.
+    """
+    cudnn = next((r["ms"] for r in rows if r["provider"] == "cudnn-dense" and r.get("status") == "ok"), None)
+    if cudnn is None or problem.is_dense:
+        return []
+    from gna_cute import sim
+    from gna_cute.sim import timemodel
+
+    st = problem.kernel_stats
+    q_tile, kv_tile = problem.tile_shapes()
+    model = timemodel.calibrate(cudnn, problem.sim_problem(), sim.Tiling(q_tile, kv_tile))
+    predicted = model.predict_ms(problem.sim_problem(), st)
+    out = []
+    for name, ms in (("sim-flop-bound", cudnn / st.flop_bound), ("sim-tile-bound", cudnn / st.tile_bound),
+                     ("sim-predicted", predicted)):
+        out.append({"problem": problem.name, "provider": name, "role": "simulator", "status": "ok",
+                    "ms": ms, "speedup_cudnn": cudnn / ms,
+                    "useful_tflops": problem.useful_flops / (ms * 1e-3) / 1e12,
+                    "pct_tile_bound": 100.0 * (cudnn / ms) / st.tile_bound,
+                    "info": {"from": "simulator x this run's cuDNN time",
+                             "mask_factor": model.mask_factor} if name == "sim-predicted" else {}})
+    return out
+
+
+def run(problems: list[Problem], providers: list[Any], settings: Settings,
+        log: Callable[[str], None] = print) -> list[dict]:
+    """All rows of all problems, logging progress."""
+    timing_cache: dict = {}
+    rows: list[dict] = []
+    t_start = time.perf_counter()
+    for i, problem in enumerate(problems, 1):
+        log(f"[{i}/{len(problems)}] {problem.name}  ({time.perf_counter() - t_start:.0f} s elapsed)")
+        rows.extend(run_problem(problem, providers, settings, log, timing_cache))
+    return rows

@@ -1,0 +1,169 @@
+"""The one timing helper every provider is measured with.
+
+Why it looks like this:
+
+* CUDA events bracket each timed call, so the number is GPU time.
+* Before every timed call the GPU is parked in a ``torch.cuda._sleep`` spin longer than the host
+  needs to enqueue the L2 flush, the start event and the call.  The call therefore starts the
+  instant the flush ends: the queue is kept full, so a slow Python launch path (FA4 spends
+  0.2-0.4 ms of host time per call) does not leak into a ~60 us kernel time.
+* The L2 is flushed between iterations (a write over a buffer larger than L2), so no provider
+  gets its inputs from the previous iteration's cache.
+* Median and quartiles of >= 20 timed calls; optionally each call is a CUDA-graph replay.
+* Host overhead per call (Python + launch, no GPU wait) is measured on its own.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+MIN_RUNS = 20
+
+
+@dataclass(frozen=True)
+class Timing:
+    """GPU time of one provider on one problem, in milliseconds."""
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    method: str  # "events" or "graph"
+    host_us: float | None  # host time per call (launch path), measured separately
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median."""
+        return (self.q3_ms - self.q1_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Env:
+    """Per-device helpers: an L2-sized flush buffer and the spin-clock calibration."""
+
+    def __init__(self, device: torch.device) -> None:
+        props = torch.cuda.get_device_properties(device)
+        l2 = getattr(props, "L2_cache_size", 64 << 20) or (64 << 20)
+        self.flush_buf = torch.empty(2 * l2 // 4, dtype=torch.int32, device=device)
+        self.cycles_per_ms = self._calibrate()
+
+    def flush(self) -> None:
+        self.flush_buf.fill_(0)
+
+    @staticmethod
+    def _calibrate() -> float:
+        cycles = 10_000_000
+        torch.cuda._sleep(cycles)  # warm-up
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        return cycles / max(start.elapsed_time(end), 1e-3)
+
+    def park(self, ms: float) -> None:
+        """Keep the GPU busy for about ``ms`` so the host can enqueue ahead of it."""
+        torch.cuda._sleep(int(self.cycles_per_ms * ms))
+
+
+_ENVS: dict[int, _Env] = {}
+
+
+def _env() -> _Env:
+    index = torch.cuda.current_device()
+    if index not in _ENVS:
+        _ENVS[index] = _Env(torch.device("cuda", index))
+    return _ENVS[index]
+
+
+def host_overhead_us(fn: Callable[[], object], calls: int = 20) -> float:
+    """Host wall time per call while the GPU is busy (so no call waits on the device)."""
+    env = _env()
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    env.park(1e3 * one * calls * 2 + 5.0)  # outlast every launch below
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    per_call = (time.perf_counter() - t0) / calls
+    torch.cuda.synchronize()
+    return per_call * 1e6
+
+
+def _one_call_ms(fn: Callable[[], object]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def capture_graph(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """Capture ``fn`` (already warmed up) into a CUDA graph; raises if it cannot be captured."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm-up on the capture stream, as torch recommends
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    return graph
+
+
+def time_fn(
+    fn: Callable[[], object],
+    runs: int = 30,
+    warmup: int = 3,
+    use_graph: bool = False,
+    flush_l2: bool = True,
+    measure_host: bool = True,
+) -> Timing:
+    """Median GPU time of ``fn()`` over ``runs`` (>= 20) calls; see the module docstring."""
+    if runs < MIN_RUNS:
+        raise ValueError(f"runs={runs} must be >= {MIN_RUNS}")
+    if warmup < 1:
+        raise ValueError(f"warmup={warmup} must be >= 1")
+    env = _env()
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    # Fewer host-overhead calls for long ops: each of them also runs on the GPU.
+    calls = max(3, min(20, int(50.0 / max(_one_call_ms(fn), 1e-3))))
+    host_us = host_overhead_us(fn, calls) if measure_host else None
+
+    call, method = fn, "events"
+    if use_graph:
+        graph = capture_graph(fn)
+        call, method = graph.replay, "graph"
+
+    # Park long enough to hide the host work of one iteration (flush + events + launch).
+    call_host_us = host_us if (measure_host and call is fn) else host_overhead_us(call, calls)
+    park_ms = max(0.2, 3e-3 * call_host_us + 0.1)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    for i in range(runs):
+        env.park(park_ms)
+        if flush_l2:
+            env.flush()
+        starts[i].record()
+        call()
+        ends[i].record()
+    torch.cuda.synchronize()
+    ms = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    q = statistics.quantiles(ms, n=4)
+    return Timing(statistics.median(ms), q[0], q[2], ms[0], ms[-1], runs, method, host_us)

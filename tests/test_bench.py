@@ -1,0 +1,257 @@
+"""CPU tests of the benchmark suite: problems, tiled order + block tables, writer, CLI dry run.
+
+Counts are checked against the independent brute-force mask (``tests/brute_force.py``), never
+against the code under test; the simulator is checked to agree where the bench relies on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from brute_force import neighborhood_mask
+from gna_cute import sim
+from gna_cute.bench import cli, problems, providers, results
+from gna_cute.bench.block_tables import block_tables
+from gna_cute.bench.flex_gna import flex_mask_mod
+from gna_cute.bench.tiled_order import TiledOrder, gna_allowed, tile_candidates
+
+
+def _random_config(rng: random.Random, rank: int) -> dict:
+    shape, window, stride, dil, causal = [], [], [], [], []
+    for _ in range(rank):
+        n = rng.randint(3, {1: 40, 2: 11, 3: 6}[rank])
+        d = rng.choice([1, 1, 2]) if n >= 4 else 1
+        w = rng.randint(2, max(2, n // d))
+        shape.append(n), dil.append(d), window.append(w)
+        stride.append(rng.randint(1, w)), causal.append(rng.random() < 0.3)
+    return dict(spatial_shape=tuple(shape), kernel_size=tuple(window), stride=tuple(stride),
+                dilation=tuple(dil), is_causal=tuple(causal))
+
+
+def _brute(cfg: dict) -> np.ndarray:
+    return neighborhood_mask(cfg["spatial_shape"], cfg["kernel_size"], cfg["stride"],
+                             cfg["dilation"], cfg["is_causal"])
+
+
+CONFIGS = [_random_config(random.Random(seed), rank) for seed in range(8) for rank in (1, 2, 3)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Suites and problems
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(problems.SUITES))
+def test_suites_parse(name):
+    probs = problems.suite(name)
+    assert probs
+    names = [p.name for p in probs]
+    assert len(set(names)) == len(names), "problem names must be unique inside a suite"
+    for p in probs:
+        s = p.summary()
+        assert s["attended_pairs"] > 0 and 1.0 <= s["tile_bound"] and 1.0 <= s["flop_bound"]
+        assert problems.problem_from_dict(s) == p  # the JSON form round-trips
+
+
+def test_headline_is_issue_7_table():
+    probs = problems.suite("headline")
+    assert len(probs) == 8
+    assert sum(p.is_dense for p in probs) == 2
+    for p in probs:
+        assert (p.batch, p.head_dim, p.dtype) == (1, 128, "float16")
+        assert p.heads == (1 if p.rank == 1 else 24)
+    bounds = [round(p.kernel_stats.tile_bound, 1) for p in probs if not p.is_dense]
+    assert bounds == [15.1, 16.0, 7.5, 10.2, 5.4, 11.1]  # issue 7's tile-bound column
+
+
+def test_pair_counts_equal_simulator_and_brute_force():
+    for cfg in CONFIGS[:12]:
+        p = problems.Problem.make(cfg["spatial_shape"], cfg["kernel_size"], cfg["stride"],
+                                  cfg["dilation"], cfg["is_causal"], batch=2, heads=3, head_dim=64)
+        per_head = int(_brute(cfg).sum())
+        assert p.attended_pairs == per_head * 2 * 3
+        assert p.useful_flops == per_head * 2 * 3 * 4 * 64
+        tiles = p.tile_shapes()
+        stats = sim.simulate(p.params, sim.Tiling(*tiles))
+        assert p.attended_pairs == stats.attended_pairs * 2 * 3
+
+
+def test_problem_validation_names_argument():
+    with pytest.raises(ValueError, match="dtype"):
+        problems.Problem.make((64,), 8, dtype="float32")
+    with pytest.raises(ValueError, match="q_tile_shape"):
+        problems.Problem.make((64,), 8, q_tile_shape=(16,))
+    with pytest.raises(ValueError, match="kernel_size"):
+        problems.Problem.make((64,), 1)
+    with pytest.raises(ValueError, match="heads"):
+        problems.Problem.make((64,), 8, heads=0)
+    with pytest.raises(ValueError, match="suite"):
+        problems.suite("nope")
+    with pytest.raises(ValueError, match="providers"):
+        providers.select("cudnn-dense,nope")
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiled order, GNA mask on it, block tables
+# ------------------------------------------------------------------------------------------------
+
+
+def _tiled_brute(order: TiledOrder, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brute mask permuted into the tiled order (padded rows/cols False) and the validity map."""
+    gather = order.gather_index()
+    valid = gather >= 0
+    tiled = np.zeros((len(gather), len(gather)), dtype=bool)
+    real = np.nonzero(valid)[0]
+    tiled[np.ix_(real, real)] = mask[np.ix_(gather[real], gather[real])]
+    return tiled, valid
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: str(c["spatial_shape"]))
+def test_tiled_mask_equals_brute_force(cfg):
+    params = problems.Problem.make(**cfg).params
+    mask = _brute(cfg)
+    rng = random.Random(str(cfg))
+    tile = tuple(rng.choice([1, 2, 4]) for _ in range(params.rank))
+    order = TiledOrder.make(params, tile)
+    gather = order.gather_index()
+    real = gather[gather >= 0]
+    assert sorted(real.tolist()) == list(range(mask.shape[0])), "every token appears exactly once"
+    tiled, valid = _tiled_brute(order, mask)
+    n = order.padded_tokens
+    qi, ki = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    got = gna_allowed(order, qi, ki, np.minimum, np.maximum)
+    np.testing.assert_array_equal(got[np.ix_(valid, valid)], tiled[np.ix_(valid, valid)])
+    assert not got[np.ix_(valid, ~valid)].any(), "a real query must never see a padded key"
+    # the torch form (Flex mask_mod) computes the same mask
+    tq, tk = torch.from_numpy(qi), torch.from_numpy(ki)
+    np.testing.assert_array_equal(flex_mask_mod(order)(0, 0, tq, tk).numpy(), got)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: str(c["spatial_shape"]))
+def test_block_tables_cover_the_mask_exactly(cfg):
+    params = problems.Problem.make(**cfg).params
+    rng = random.Random(str(cfg) + "t")
+    tile = tuple(rng.choice([1, 2, 4]) for _ in range(params.rank))
+    order = TiledOrder.make(params, tile)
+    tiled, valid = _tiled_brute(order, _brute(cfg))
+    b = order.tile_size
+    m = order.num_tiles
+    blocks = tiled.reshape(m, b, m, b)
+    any_pair = blocks.any(axis=(1, 3))
+    real_q = valid.reshape(m, b)
+    tb = block_tables(order)
+    for qb in range(m):
+        partial = set(tb.mask_idx[qb, : tb.mask_cnt[qb]].tolist())
+        full = set(tb.full_idx[qb, : tb.full_cnt[qb]].tolist())
+        assert not partial & full
+        # every block holding an attended pair is visited
+        assert set(np.nonzero(any_pair[qb])[0].tolist()) <= partial | full
+        # a full block needs no mask: all its key slots real, every real query sees all of them
+        for kb in full:
+            assert valid.reshape(m, b)[kb].all()
+            assert blocks[qb][real_q[qb]][:, kb].all()
+    # per (group, Q tile) counts equal the simulator's (same scheduler rule, contract 4)
+    counts = sim.tile_counts(params, tile, tile)
+    np.testing.assert_array_equal((tb.mask_cnt + tb.full_cnt), counts[0].reshape(-1))
+    np.testing.assert_array_equal(tb.full_cnt, counts[1].reshape(-1))
+
+
+def test_tile_candidates_have_the_block_size():
+    for shape in [(32768,), (256, 256), (30, 48, 80), (7, 300)]:
+        cands = tile_candidates(shape, (1,) * len(shape), 128)
+        assert cands and all(int(np.prod(c)) == 128 for c in cands)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writer and CLI
+# ------------------------------------------------------------------------------------------------
+
+
+def _record() -> results.RunRecord:
+    probs = problems.suite("headline")[:2]
+    rows = [
+        {"problem": probs[0].name, "provider": "cudnn-dense", "role": "baseline", "status": "ok",
+         "ms": 0.81, "q1_ms": 0.8, "q3_ms": 0.82, "runs": 30, "method": "events", "host_us": 12.5,
+         "speedup_cudnn": 1.0, "useful_tflops": 83.1, "info": {}},
+        {"problem": probs[0].name, "provider": "fa4-gna", "role": "peer", "status": "skipped",
+         "reason": "no CUDA device"},
+    ]
+    env = results.collect_env()
+    return results.RunRecord("headline", env, {"runs": 30}, [p.summary() for p in probs], rows)
+
+
+def test_writer_round_trips(tmp_path):
+    rec = _record()
+    paths = results.save(rec, tmp_path, "headline")
+    assert (tmp_path / "headline.json") in paths and (tmp_path / "headline.md") in paths
+    back = results.load(tmp_path / "headline.json")
+    assert back == rec
+    md = (tmp_path / "headline.md").read_text()
+    for key in ("torch", "cutlass_dsl", "flash_attn_4", "driver", "device"):
+        assert key in rec.env
+    assert f"torch {rec.env['torch']}" in md and "CuTe DSL" in md and "FlashAttention-4" in md
+    assert "skipped: no CUDA device" in md
+    assert "8.3x, 363" in md  # NATTEN's published reference column
+
+
+def test_reader_rejects_other_schema():
+    text = _record().to_json().replace('"schema": 1', '"schema": 99')
+    with pytest.raises(ValueError, match="schema"):
+        results.RunRecord.from_json(text)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gna-cute")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_dry_run_lists_problems_and_providers(capsys):
+    assert cli.main(_parse(["bench", "--suite", "headline", "--dry-run"])) == 0
+    out = capsys.readouterr().out
+    for p in problems.suite("headline"):
+        assert p.name in out
+    for prov in providers.all_providers():
+        assert prov.name in out
+
+
+def test_one_problem_from_flags(capsys):
+    args = _parse(["bench", "-i", "64", "48", "-w", "9", "-s", "2", "3", "--causal", "1", "0",
+                   "--heads", "4", "--dry-run", "--providers", "gna_cute"])
+    stem, probs = cli.problems_from_args(args)
+    (p,) = probs
+    assert (p.spatial_shape, p.kernel_size, p.stride, p.is_causal, p.heads) == (
+        (64, 48), (9, 9), (2, 3), (True, False), 4)
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "cudnn-dense" in out and "gna_cute" in out and "fa4-gna" not in out
+
+
+def test_cli_rejects_bad_input(capsys):
+    assert cli.main(_parse(["bench", "--dry-run"])) == 2
+    assert "--suite" in capsys.readouterr().err
+    assert cli.main(_parse(["bench", "-i", "64", "-w", "100", "--dry-run"])) == 2
+    assert "kernel_size" in capsys.readouterr().err
+
+
+def test_package_cli_has_bench():
+    """Through ``gna-cute`` itself once the foundation's CLI exists."""
+    gcli = pytest.importorskip("gna_cute.cli")
+    if not hasattr(gcli, "main"):
+        pytest.skip("gna_cute.cli.main not there yet")
+    assert gcli.main(["bench", "--suite", "sweep-3d", "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_every_suite_problem_has_a_fa4_tile(rank):
+    from gna_cute.bench.tiled_order import best_tile_shape
+
+    for p in itertools.chain.from_iterable(problems.suite(n) for n in problems.SUITES):
+        if p.rank == rank and not p.is_dense:
+            assert int(np.prod(best_tile_shape(p.params))) == 128
