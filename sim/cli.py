@@ -72,7 +72,8 @@ def _tiling(args: argparse.Namespace, rank: int) -> Tiling | None:
     if args.q_tile is None and args.kv_tile is None:
         return None
     if args.q_tile is None or args.kv_tile is None:
-        raise ValueError(f"give both --q-tile and --kv-tile (got q_tile={args.q_tile}, kv_tile={args.kv_tile})")
+        raise ValueError(
+            f"give both --q-tile and --kv-tile (got q_tile={args.q_tile}, kv_tile={args.kv_tile})")
     tiling = Tiling(tuple(args.q_tile), tuple(args.kv_tile), args.layout)
     if tiling.rank != rank:
         raise ValueError(f"--q-tile {args.q_tile} has {tiling.rank} dims, the input has {rank}")

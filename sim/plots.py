@@ -49,12 +49,13 @@ def plot_search(result: SearchResult, path: str | Path) -> Path:
 def plot_visited_heatmap(params: GNAParams, tiling: Tiling, path: str | Path) -> Path:
     """KV tiles visited per Q tile of dilation group (0, 0), 2D problems only."""
     if params.rank != 2:
-        raise ValueError(f"the visited-tile heatmap is for 2D problems, got spatial shape {params.spatial_shape}")
+        raise ValueError(
+            f"the visited-tile heatmap is for 2D problems, got spatial shape {params.spatial_shape}")
     plt = _pyplot()
     counts = tile_counts(params, tiling.q_tile_shape, tiling.kv_tile_shape, tiling.layout)
     visited = counts[0][0, 0]
     fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(visited, cmap="viridis", origin="upper")
+    im = ax.imshow(visited, cmap="viridis", origin="upper", aspect="auto")
     fig.colorbar(im, ax=ax, label="KV tiles visited")
     ax.set_xlabel("Q tile index, dim 1")
     ax.set_ylabel("Q tile index, dim 0")

@@ -34,7 +34,8 @@ def stats_rows(problem: Problem, stats: TileStats, model: TimeModel | None = Non
     """(quantity, value) rows; counts are per (batch, head) unless said otherwise."""
     flops = 4.0 * problem.batch * problem.heads * problem.head_dim * stats.attended_pairs
     rows = [
-        ("tiling (Q/KV), layout", f"{_shape(stats.q_tile_shape)}/{_shape(stats.kv_tile_shape)}, {stats.layout}"),
+        ("tiling (Q/KV), layout",
+         f"{_shape(stats.q_tile_shape)}/{_shape(stats.kv_tile_shape)}, {stats.layout}"),
         ("attended (query, key) pairs", f"{stats.attended_pairs:,}"),
         ("dense pairs", f"{stats.dense_pairs:,}"),
         ("FLOP-wise bound (dense / GNA)", f"{stats.flop_bound:.2f}"),
@@ -143,7 +144,8 @@ def row_dict(row: SearchRow) -> dict:
         "tiling": tiling_dict(row.tiling),
         "tile_bound": row.bound,
         "predicted_speedup": row.predicted_speedup,
-        "block_sparse_tiling": None if row.block_sparse_tiling is None else tiling_dict(row.block_sparse_tiling),
+        "block_sparse_tiling": (None if row.block_sparse_tiling is None
+                                else tiling_dict(row.block_sparse_tiling)),
         "stats": row.stats.as_dict(),
     }
 
