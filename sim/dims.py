@@ -58,25 +58,31 @@ def group_major(length: int, window: int, stride: int, dilation: int, causal: bo
     lo, hi = nb.kv_tile_range(t, q_tile, kv_tile, lg, window, stride, causal, _MN, _MX)
     visited = np.where(nonempty, hi - lo, 0)
 
+    full = np.zeros((dilation, n_q), dtype=np.int64)
+    ideal = np.zeros((dilation, n_q), dtype=np.int64)
+    attended = 0
     j = np.arange(n_kv, dtype=np.int64)[None, None, :]
-    is_full = nb.kv_tile_is_full(t[..., None], j, q_tile, kv_tile, lg[..., None], window, stride,
-                                 causal, _MN, _MX)
-    inside = (j >= lo[..., None]) & (j < hi[..., None])
-    full = np.where(nonempty, (is_full & inside).sum(-1), 0)
+    step = max(1, _CHUNK_ELEMS // (dilation * (n_kv + 1)))  # Q tiles per chunk: bounded memory
+    for t0 in range(0, n_q, step):
+        tc = t[:, t0:t0 + step]
+        is_full = nb.kv_tile_is_full(tc[..., None], j, q_tile, kv_tile, lg[..., None], window,
+                                     stride, causal, _MN, _MX)
+        inside = (j >= lo[:, t0:t0 + step, None]) & (j < hi[:, t0:t0 + step, None])
+        full[:, t0:t0 + step] = np.where(nonempty[:, t0:t0 + step], (is_full & inside).sum(-1), 0)
 
-    # Ideal, from per-query windows: mark each query's KV tiles in its Q tile's coverage row.
-    p = np.arange(per_group, dtype=np.int64)[None, :]
-    valid = np.broadcast_to(p < lg, (dilation, per_group))
-    start, end = nb.window(p, lg, window, stride, causal, _MN, _MX)
-    gi, pi = np.nonzero(valid)
-    start, end = np.broadcast_to(start, valid.shape)[valid], np.broadcast_to(end, valid.shape)[valid]
-    cover = np.zeros((dilation, n_q, n_kv + 1), dtype=np.int64)
-    np.add.at(cover, (gi, pi // q_tile, start // kv_tile), 1)
-    np.add.at(cover, (gi, pi // q_tile, (end - 1) // kv_tile + 1), -1)
-    ideal = (np.cumsum(cover, axis=-1)[..., :n_kv] > 0).sum(-1)
+        # Ideal, from per-query windows: mark each query's KV tiles in its Q tile's coverage row.
+        p = np.arange(t0 * q_tile, min(tc.shape[1] + t0, n_q) * q_tile, dtype=np.int64)[None, :]
+        valid = np.broadcast_to(p < lg, (dilation, p.shape[1]))
+        start, end = (np.broadcast_to(x, valid.shape)[valid]
+                      for x in nb.window(p, lg, window, stride, causal, _MN, _MX))
+        gi, pi = np.nonzero(valid)
+        cover = np.zeros((dilation, tc.shape[1], n_kv + 1), dtype=np.int64)
+        np.add.at(cover, (gi, pi // q_tile, start // kv_tile), 1)
+        np.add.at(cover, (gi, pi // q_tile, (end - 1) // kv_tile + 1), -1)
+        ideal[:, t0:t0 + step] = (np.cumsum(cover, axis=-1)[..., :n_kv] > 0).sum(-1)
+        attended += int((end - start).sum())
 
-    out = DimTiles(nonempty, visited.astype(np.int64), full.astype(np.int64), ideal.astype(np.int64),
-                   int((end - start).sum()))
+    out = DimTiles(nonempty, visited.astype(np.int64), full, ideal, attended)
     _frozen(out.nonempty, out.visited, out.full, out.ideal)
     return out
 
