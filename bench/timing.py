@@ -142,8 +142,12 @@ def time_fn(
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    # Fewer host-overhead calls for long ops: each of them also runs on the GPU.
-    calls = max(3, min(20, int(50.0 / max(_one_call_ms(fn), 1e-3))))
+    # Long ops (tens of ms): the minimum number of runs and fewer host-overhead calls, since
+    # each of those also runs on the GPU.
+    one_ms = _one_call_ms(fn)
+    if one_ms > 20.0:
+        runs = MIN_RUNS
+    calls = max(3, min(20, int(50.0 / max(one_ms, 1e-3))))
     host_us = host_overhead_us(fn, calls) if measure_host else None
 
     call, method = fn, "events"
