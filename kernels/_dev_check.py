@@ -174,11 +174,58 @@ def gpu_main() -> int:
     return fails
 
 
+def _time_ms(fn, iters=20) -> float:
+    import torch
+
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def bench_main() -> None:
+    """Headline shapes (fp16, D=128, batch 1): our kernel vs cuDNN dense SDPA, same run."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rows = [
+        ("2d 256^2 w80 s1", 2, (256, 256), 24, (80, 80), (1, 1)),
+        ("2d 256^2 w80 s16", 2, (256, 256), 24, (80, 80), (16, 16)),
+        ("1d 32K w2048 s1", 1, (32768,), 1, (2048,), (1,)),
+        ("2d 256^2 dense", 2, (256, 256), 24, (256, 256), (1, 1)),
+    ]
+    for name, rank, spatial, H, ks, st in rows:
+        cfg = make_cfg(rank, ks, st)
+        q, k, v = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
+        _, _, _, (fn, args) = run_kernel(cfg, q, k, v, 128 ** -0.5)
+        ms = _time_ms(lambda: fn(*args))
+        N = math.prod(spatial)
+        qt, kt, vt = (x.reshape(1, N, H, 128).transpose(1, 2) for x in (q, k, v))
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            ms_cudnn = _time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
+        pairs = N * math.prod(ks) * H
+        print(f"BENCH {name:20s} ours {ms:8.3f} ms  cudnn {ms_cudnn:8.3f} ms  speedup {ms_cudnn / ms:5.2f}x  "
+              f"useful {pairs * 4 * 128 / ms / 1e9:6.1f} TFLOP/s", flush=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "compile"
     if what == "compile":
         for name, cfg, *_ in gpu_cases()[: int(sys.argv[2]) if len(sys.argv) > 2 else 1]:
             _, dt = compile_cfg(cfg)
             print(f"compiled {name} in {dt:.1f}s")
+    elif what == "bench":
+        bench_main()
     else:
-        sys.exit(gpu_main())
+        fails = gpu_main()
+        if "--bench" in sys.argv:
+            bench_main()
+        sys.exit(fails)
