@@ -51,16 +51,16 @@ def _fake_args(cfg: FwdConfig):
             fake(cutlass.Int32, 2 * r + 1), cutlass.Float32(1.0), make_fake_stream())
 
 
-def compile_cfg(cfg: FwdConfig):
+def compile_cfg(cfg: FwdConfig, overlap=True):
     import cutlass.cute as cute
     from gna_cute.kernels.sm90_fwd import GNAFwdSm90
 
     t0 = time.time()
-    compiled = cute.compile(GNAFwdSm90(cfg), *_fake_args(cfg))
+    compiled = cute.compile(GNAFwdSm90(cfg, overlap=overlap), *_fake_args(cfg))
     return compiled, time.time() - t0
 
 
-def run_kernel(cfg: FwdConfig, q, k, v, scale, compiled_cache={}):
+def run_kernel(cfg: FwdConfig, q, k, v, scale, overlap=True, compiled_cache={}):
     """Launch on torch tensors (minimal launcher; the product's is kernels/interface.py)."""
     import torch
     import cutlass
@@ -78,9 +78,9 @@ def run_kernel(cfg: FwdConfig, q, k, v, scale, compiled_cache={}):
     def cv(t):
         return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
-    if cfg not in compiled_cache:
-        compiled_cache[cfg] = cute.compile(GNAFwdSm90(cfg), *_fake_args(cfg))
-    fn = compiled_cache[cfg]
+    if (cfg, overlap) not in compiled_cache:
+        compiled_cache[cfg, overlap] = cute.compile(GNAFwdSm90(cfg, overlap=overlap), *_fake_args(cfg))
+    fn = compiled_cache[cfg, overlap]
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = (cv(q), cv(k), cv(v), cv(o), cv(lse), cv(counts), cutlass.Float32(log2_scale(scale)), stream)
     fn(*args)
@@ -207,12 +207,14 @@ def bench_main() -> None:
         q, k, v = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
         _, _, _, (fn, args) = run_kernel(cfg, q, k, v, 128 ** -0.5)
         ms = _time_ms(lambda: fn(*args))
+        _, _, _, (fn_s, args_s) = run_kernel(cfg, q, k, v, 128 ** -0.5, overlap=False)
+        ms_serial = _time_ms(lambda: fn_s(*args_s))
         N = math.prod(spatial)
         qt, kt, vt = (x.reshape(1, N, H, 128).transpose(1, 2) for x in (q, k, v))
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             ms_cudnn = _time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
         pairs = N * math.prod(ks) * H
-        print(f"BENCH {name:20s} ours {ms:8.3f} ms  cudnn {ms_cudnn:8.3f} ms  speedup {ms_cudnn / ms:5.2f}x  "
+        print(f"BENCH {name:20s} ours {ms:8.3f} ms (serial {ms_serial:8.3f})  cudnn {ms_cudnn:8.3f} ms  speedup {ms_cudnn / ms:5.2f}x  "
               f"useful {pairs * 4 * 128 / ms / 1e9:6.1f} TFLOP/s", flush=True)
 
 

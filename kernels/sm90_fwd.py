@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cuda.bindings import driver as cuda
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
@@ -35,6 +36,7 @@ from gna_cute.kernels.softmax import OnlineSoftmax, acc_rows_view, rescale_rows
 _DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
 _SMEM_BUDGET = 220 * 1024
 _EPILOGUE_BARRIER = 1
+_SCHED_BARRIER = 2  # and 3: one per consumer warpgroup, for taking turns issuing GEMMs
 
 
 def _rev(xs: list) -> Any:
@@ -76,7 +78,7 @@ class GNAFwdSm90:
     num_producer_regs = 24
     num_mma_regs = 240
 
-    def __init__(self, cfg: FwdConfig) -> None:
+    def __init__(self, cfg: FwdConfig, overlap: bool = True) -> None:
         if cfg.arch != 90:
             raise ValueError(f"cfg.arch={cfg.arch}: GNAFwdSm90 is the sm90 kernel")
         if cfg.dtype not in _DTYPES:
@@ -88,6 +90,7 @@ class GNAFwdSm90:
         if cfg.kv_tile_size % 16 or not 16 <= cfg.kv_tile_size <= 256:
             raise ValueError(f"kv_tile_shape={cfg.kv_tile_shape} must hold a multiple of 16 tokens, 16..256")
         self.cfg = cfg
+        self.overlap = overlap
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
         self.dtype = _DTYPES[cfg.dtype]
@@ -164,7 +167,7 @@ class GNAFwdSm90:
         mLSE: cute.Tensor,
         mCounts: cute.Tensor,
         scale_log2: Float32,
-        stream: Any,
+        stream: cuda.CUstream,
     ):
         n = self.rank
         self._make_layouts()
@@ -364,26 +367,16 @@ class GNAFwdSm90:
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         pipe_q.consumer_wait(q_state)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        num_full = Int32(0)
-        for j in cutlass.range(work.num_kv_tiles, unroll=1):
-            kv = work.kv_tile(j)
-            full = work.kv_is_full(kv)
-            pipe_k.consumer_wait(kv_state)
-            _gemm(mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], zero_init=True)
-            warpgroup.wait_group(0)
-            pipe_k.consumer_release(kv_state)
-            if full:
-                num_full += 1
-            else:
-                windows.apply(acc_S, col_coords, kv)
-            softmax.update(acc_S, row_scale)
-            rescale_rows(acc_O, row_scale)
-            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-            pipe_v.consumer_wait(kv_state)
-            _gemm(mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], zero_init=False)
-            warpgroup.wait_group(0)
-            pipe_v.consumer_release(kv_state)
-            kv_state.advance()
+        if const_expr(self.overlap):
+            num_full = self._mainloop_overlapped(
+                work, wg, windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt,
+                pipe_k, pipe_v,
+            )
+        else:
+            num_full = self._mainloop_serial(
+                work, windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt,
+                pipe_k, pipe_v,
+            )
 
         lse = cute.make_rmem_tensor(num_rows, Float32)
         softmax.finalize(row_scale, lse)
@@ -394,6 +387,89 @@ class GNAFwdSm90:
                 idx = (*work.group, *work.q_tile_idx)
                 mCounts[(0, *idx)] = work.num_kv_tiles
                 mCounts[(1, *idx)] = num_full
+
+    @cute.jit
+    def _scores(
+        self, acc_S: cute.Tensor, kv: list, full: Any, windows: RowWindows, col_coords: list,
+        softmax: OnlineSoftmax, row_scale: cute.Tensor, num_full: Int32,
+    ) -> Int32:
+        """S -> P in place: element mask only on partial tiles, then the online softmax step."""
+        if full:
+            num_full += 1
+        else:
+            windows.apply(acc_S, col_coords, kv)
+        softmax.update(acc_S, row_scale)
+        return num_full
+
+    @cute.jit
+    def _mainloop_serial(
+        self, work: QTileWork, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
+        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any,
+    ) -> Int32:
+        """Reference schedule: QK, softmax, PV one after the other (kept for A/B timing)."""
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        num_full = Int32(0)
+        for j in cutlass.range(work.num_kv_tiles, unroll=1):
+            kv = work.kv_tile(j)
+            pipe_k.consumer_wait(kv_state)
+            _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], zero_init=True)
+            warpgroup.wait_group(0)
+            pipe_k.consumer_release(kv_state)
+            num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
+            rescale_rows(acc_O, row_scale)
+            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+            pipe_v.consumer_wait(kv_state)
+            _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], zero_init=False)
+            warpgroup.wait_group(0)
+            pipe_v.consumer_release(kv_state)
+            kv_state.advance()
+        return num_full
+
+    @cute.jit
+    def _mainloop_overlapped(
+        self, work: QTileWork, wg: Int32, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
+        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any,
+    ) -> Int32:
+        """QK of tile j runs on the tensor cores while PV of tile j-1 is issued behind it, and the
+        softmax of tile j overlaps PV(j-1); the two warpgroups take turns issuing (named barriers),
+        so one's GEMMs run while the other does its softmax."""
+        k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        if wg == 0:
+            cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER, number_of_threads=256)
+        # Tile 0: S, mask, softmax, P (O is still zero: nothing to rescale).
+        kv = work.kv_tile(0)
+        pipe_k.consumer_wait(k_state)
+        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
+        warpgroup.wait_group(0)
+        pipe_k.consumer_release(k_state)
+        num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, Int32(0))
+        tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+        k_state.advance()
+        for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
+            kv = work.kv_tile(j)
+            pipe_k.consumer_wait(k_state)
+            cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
+            _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
+            pipe_v.consumer_wait(v_state)
+            _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
+            cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
+            warpgroup.wait_group(1)
+            pipe_k.consumer_release(k_state)
+            num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
+            warpgroup.wait_group(0)
+            pipe_v.consumer_release(v_state)
+            rescale_rows(acc_O, row_scale)
+            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+            k_state.advance()
+            v_state.advance()
+        pipe_v.consumer_wait(v_state)
+        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
+        warpgroup.wait_group(0)
+        pipe_v.consumer_release(v_state)
+        return num_full
 
     @cute.jit
     def epilogue(
