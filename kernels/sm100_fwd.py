@@ -1,0 +1,509 @@
+"""Blackwell (sm_100a) fused GNA forward: TMA loads, tcgen05 MMA into tensor memory, GNA schedule.
+
+Compile-checked on a CPU only (no Blackwell GPU here); its GPU tests are ready for SM 10.x.
+
+One CTA computes one Q tile (128 in-group tokens of one dilation group, a 1-3 dim box) of one
+(batch, head), with three warp roles:
+- warp 5 (load): Q once, then K and V of every KV tile the shared scheduler names, by TMA straight
+  from the heads-last layout (``tile_views``) into a multi-stage shared-memory pipeline;
+- warp 4 (MMA, one issuing thread): ``S = Q K^T`` into tensor memory, then ``O += P V`` into
+  tensor memory (tcgen05, both operands in shared memory);
+- warps 0-3 (softmax, correction, epilogue; one thread per Q row): read S from tensor memory,
+  mask only partial tiles (window math of ``neighborhood`` via ``scheduler``/``mask``), online
+  softmax in fp32 registers, write P (input dtype) to shared memory, rescale the O row in tensor
+  memory when its max moved; at the end O / sum -> shared memory -> one TMA store of the Q box, and
+  the LSE.
+
+Hand-offs are mbarrier pipelines: TMA -> MMA (``PipelineTmaUmma``), MMA -> softmax for S and O
+(``PipelineUmmaAsync``, signalled by tcgen05 commit), softmax -> MMA for P (``PipelineAsyncUmma``).
+The MMA warp issues ``S(j+1)`` as soon as the softmax has read ``S(j)`` into registers, so the
+next QK^T overlaps the current tile's exponentials.  What this version does not do yet (the
+Blackwell FMHA's full form): two Q tiles per CTA in flight, a separate correction warpgroup, P kept
+in tensor memory (TS MMA), a lagging max.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils as utils
+import cutlass.utils.blackwell_helpers as sm100_utils
+from cuda.bindings import driver as cuda
+from cutlass import Float32, Int32, const_expr
+from cutlass.cute.nvgpu import OperandMajorMode, cpasync, tcgen05
+
+from gna_cute.kernels import tile_views
+from gna_cute.kernels.config import FwdConfig
+from gna_cute.kernels.mask import RowWindows
+from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
+from gna_cute.kernels.softmax import LN2
+
+_DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
+_SMEM_BUDGET = 220 * 1024
+_TILE_M = 128  # one tcgen05 MMA of M = 128: one TMEM lane (and one softmax thread) per Q row
+_SOFTMAX_WARPS = (0, 1, 2, 3)
+_MMA_WARP = 4
+_LOAD_WARP = 5
+_NUM_THREADS = 32 * 6
+_TMEM_BARRIER = 1  # softmax warpgroup + MMA warp: the TMEM base address is published
+_EPILOGUE_BARRIER = 2  # softmax warpgroup: O tile in shared memory
+_O_CHUNK = 32  # TMEM columns of O per load/store round trip
+
+
+def _tmem_columns(needed: int) -> int:
+    """TMEM allocations are a power of two of at least 32 columns."""
+    cols = 32
+    while cols < needed:
+        cols *= 2
+    return cols
+
+
+class GNAFwdSm100:
+    """The kernel for one static configuration (``FwdConfig`` is the compile-cache key)."""
+
+    def __init__(self, cfg: FwdConfig) -> None:
+        if cfg.arch != 100:
+            raise ValueError(f"cfg.arch={cfg.arch}: GNAFwdSm100 is the sm100 kernel")
+        if cfg.dtype not in _DTYPES:
+            raise ValueError(f"cfg.dtype={cfg.dtype!r} must be one of {list(_DTYPES)}")
+        if cfg.head_dim != cfg.head_dim_v or cfg.head_dim not in (32, 64, 128):
+            raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in (32, 64, 128)")
+        if cfg.q_tile_size != _TILE_M:
+            raise ValueError(f"q_tile_shape={cfg.q_tile_shape} must hold {_TILE_M} tokens (one MMA of M = 128)")
+        if cfg.kv_tile_size not in (64, 128):
+            raise ValueError(f"kv_tile_shape={cfg.kv_tile_shape} must hold 64 or 128 tokens")
+        self.cfg = cfg
+        self.geom = TileGeometry.from_config(cfg)
+        self.rank = cfg.rank
+        self.dtype = _DTYPES[cfg.dtype]
+        self.tile_n = cfg.kv_tile_size
+        self.hdim = cfg.head_dim
+        self.dilated = any(d > 1 for d in cfg.dilation)
+        self.tmem_s = 0
+        self.tmem_o = self.tile_n
+        self.tmem_cols = _tmem_columns(self.tile_n + self.hdim)
+        fixed = (_TILE_M * self.hdim + _TILE_M * self.tile_n) * 2  # Q (reused for O) and P
+        per_stage = self.tile_n * self.hdim * 2 * 2  # K and V
+        self.num_stages = max(2, min(4, (_SMEM_BUDGET - fixed) // per_stage))
+
+    # ------------------------------------------------------------------ layouts and MMAs
+    def _smem_layout(self, rows: int, cols: int, stages: int | None) -> Any:
+        """K-major swizzled layout of a ``rows x cols`` tile (cols contiguous), optionally staged."""
+        kind = sm100_utils.get_smem_layout_atom_ab(OperandMajorMode.K, self.dtype, (rows, cols))
+        atom = tcgen05.make_smem_layout_atom(kind, self.dtype)
+        if stages is None:
+            return cute.tile_to_shape(atom, (rows, cols), order=(0, 1))
+        return cute.tile_to_shape(atom, (rows, cols, stages), order=(0, 1, 2))
+
+    def _make_layouts(self) -> None:
+        """Static smem layouts (rebuilt wherever used: host and device are separate IR)."""
+        self.sQ_layout = self._smem_layout(_TILE_M, self.hdim, None)
+        self.sK_layout = self._smem_layout(self.tile_n, self.hdim, self.num_stages)
+        self.sV_layout = self._smem_layout(self.tile_n, self.hdim, self.num_stages)
+        self.sP_layout = self._smem_layout(_TILE_M, self.tile_n, None)
+
+    def _make_mmas(self) -> tuple[cute.TiledMma, cute.TiledMma]:
+        """S = Q K^T (both K-major) and O = P V (V MN-major), accumulating in tensor memory.
+
+        Fresh objects per use: the MMA warp toggles their ACCUMULATE field inside its loop.
+        """
+        mma_qk = sm100_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, OperandMajorMode.K, OperandMajorMode.K, Float32,
+            tcgen05.CtaGroup.ONE, (_TILE_M, self.tile_n),
+        )  # fmt: skip
+        mma_pv = sm100_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, OperandMajorMode.K, OperandMajorMode.MN, Float32,
+            tcgen05.CtaGroup.ONE, (_TILE_M, self.hdim),
+        )  # fmt: skip
+        return mma_qk, mma_pv
+
+    # ------------------------------------------------------------------ host side
+    @cute.jit
+    def __call__(
+        self,
+        mQ: cute.Tensor,
+        mK: cute.Tensor,
+        mV: cute.Tensor,
+        mO: cute.Tensor,
+        mLSE: cute.Tensor,
+        mCounts: cute.Tensor,
+        scale_log2: Float32,
+        stream: cuda.CUstream,
+    ):
+        n = self.rank
+        self._make_layouts()
+        dil = self.cfg.dilation
+        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
+        tiler_kv = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
+        load = cpasync.CopyBulkTensorTileG2SOp()
+        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(
+            load, tile_views.token_view(mQ, n, dil), self.sQ_layout, tiler_q
+        )
+        tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(
+            load, tile_views.token_view(mK, n, dil), cute.select(self.sK_layout, mode=[0, 1]), tiler_kv
+        )
+        tma_atom_V, tma_V = cpasync.make_tiled_tma_atom(
+            load, tile_views.token_view(mV, n, dil), cute.select(self.sV_layout, mode=[0, 1]), tiler_kv
+        )
+        tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileS2GOp(), tile_views.token_view(mO, n, dil), self.sQ_layout, tiler_q
+        )
+        self.tx_q = cute.size_in_bytes(self.dtype, self.sQ_layout)
+        self.tx_kv = cute.size_in_bytes(self.dtype, cute.select(self.sK_layout, mode=[0, 1]))
+        stages = self.num_stages
+
+        @cute.struct
+        class SharedStorage:
+            mbar_q: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_k: cute.struct.MemRange[cutlass.Int64, 2 * stages]
+            mbar_v: cute.struct.MemRange[cutlass.Int64, 2 * stages]
+            mbar_s: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_p: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_o: cute.struct.MemRange[cutlass.Int64, 2]
+            tmem_base: Int32
+            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sQ_layout)], 1024]
+            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sK_layout)], 1024]
+            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sV_layout)], 1024]
+            sP: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sP_layout)], 1024]
+
+        self.shared_storage = SharedStorage
+        lengths = [mQ.shape[1 + i] for i in range(n)]
+        grid = (self.geom.num_work_tiles(lengths), mQ.shape[n + 1], mQ.shape[0])
+        self.kernel(
+            tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V, tma_V, tma_atom_O, tma_O,
+            mLSE, mCounts, mK.shape[n + 1], scale_log2,
+        ).launch(grid=grid, block=[_NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(), stream=stream)  # fmt: skip
+
+    # ------------------------------------------------------------------ device side
+    @cute.kernel
+    def kernel(
+        self,
+        tma_atom_Q: cute.CopyAtom,
+        tma_Q: cute.Tensor,
+        tma_atom_K: cute.CopyAtom,
+        tma_K: cute.Tensor,
+        tma_atom_V: cute.CopyAtom,
+        tma_V: cute.Tensor,
+        tma_atom_O: cute.CopyAtom,
+        tma_O: cute.Tensor,
+        mLSE: cute.Tensor,
+        mCounts: cute.Tensor,
+        num_heads_kv: Int32,
+        scale_log2: Float32,
+    ):
+        n = self.rank
+        self._make_layouts()
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        if warp_idx == _LOAD_WARP:
+            for atom in (tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O):
+                cpasync.prefetch_descriptor(atom)
+
+        storage = cutlass.utils.SmemAllocator().allocate(self.shared_storage)
+        one = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
+        rows = pipeline.CooperativeGroup(pipeline.Agent.Thread, _TILE_M)
+        pipe_q = pipeline.PipelineTmaUmma.create(
+            barrier_storage=storage.mbar_q.data_ptr(), num_stages=1, producer_group=one,
+            consumer_group=one, tx_count=self.tx_q, defer_sync=True,
+        )  # fmt: skip
+        pipe_k = pipeline.PipelineTmaUmma.create(
+            barrier_storage=storage.mbar_k.data_ptr(), num_stages=self.num_stages, producer_group=one,
+            consumer_group=one, tx_count=self.tx_kv, defer_sync=True,
+        )  # fmt: skip
+        pipe_v = pipeline.PipelineTmaUmma.create(
+            barrier_storage=storage.mbar_v.data_ptr(), num_stages=self.num_stages, producer_group=one,
+            consumer_group=one, tx_count=self.tx_kv, defer_sync=True,
+        )  # fmt: skip
+        pipe_s = pipeline.PipelineUmmaAsync.create(
+            barrier_storage=storage.mbar_s.data_ptr(), num_stages=1, producer_group=one,
+            consumer_group=rows, defer_sync=True,
+        )  # fmt: skip
+        pipe_o = pipeline.PipelineUmmaAsync.create(
+            barrier_storage=storage.mbar_o.data_ptr(), num_stages=1, producer_group=one,
+            consumer_group=rows, defer_sync=True,
+        )  # fmt: skip
+        pipe_p = pipeline.PipelineAsyncUmma.create(
+            barrier_storage=storage.mbar_p.data_ptr(), num_stages=1, producer_group=rows,
+            consumer_group=one, defer_sync=True,
+        )  # fmt: skip
+        cute.arch.mbarrier_init_fence()
+        cute.arch.barrier()
+
+        sQ = storage.sQ.get_tensor(self.sQ_layout.outer, swizzle=self.sQ_layout.inner)
+        sK = storage.sK.get_tensor(self.sK_layout.outer, swizzle=self.sK_layout.inner)
+        sV = storage.sV.get_tensor(self.sV_layout.outer, swizzle=self.sV_layout.inner)
+        sP = storage.sP.get_tensor(self.sP_layout.outer, swizzle=self.sP_layout.inner)
+
+        work_idx, head, batch = cute.arch.block_idx()
+        lengths = [mLSE.shape[1 + i] for i in range(n)]
+        work = QTileWork(self.geom, lengths, work_idx, cutlass.min, cutlass.max)
+        head_kv = head // (mLSE.shape[n + 1] // num_heads_kv)
+
+        tmem = utils.TmemAllocator(
+            storage.tmem_base.ptr,
+            barrier_for_retrieve=pipeline.NamedBarrier(barrier_id=_TMEM_BARRIER, num_threads=_TILE_M + 32),
+            allocator_warp_id=_SOFTMAX_WARPS[0],
+        )
+        tmem.allocate(self.tmem_cols)  # by the allocator warp only
+        if warp_idx == _LOAD_WARP:
+            self.load(work, head, head_kv, batch, tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V, tma_V,
+                      sQ, sK, sV, pipe_q, pipe_k, pipe_v)  # fmt: skip
+        if warp_idx == _MMA_WARP:
+            tmem.wait_for_alloc()
+            tmem_ptr = tmem.retrieve_ptr(Float32)
+            self.mma(work, tmem_ptr, sQ, sK, sV, sP, pipe_q, pipe_k, pipe_v, pipe_s, pipe_p, pipe_o)
+        if warp_idx < _MMA_WARP:
+            tmem.wait_for_alloc()
+            tmem_ptr = tmem.retrieve_ptr(Float32)
+            tmem.relinquish_alloc_permit()
+            self.softmax(work, head, batch, tmem_ptr, sQ, sP, pipe_s, pipe_p, pipe_o, tma_atom_O, tma_O,
+                         mLSE, mCounts, scale_log2)  # fmt: skip
+            cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=_TILE_M)
+            tmem.free(tmem_ptr, self.tmem_cols)
+
+    # ------------------------------------------------------------------ load warp
+    @cute.jit
+    def load(
+        self, work: QTileWork, head: Int32, head_kv: Int32, batch: Int32,
+        tma_atom_Q: cute.CopyAtom, tma_Q: cute.Tensor, tma_atom_K: cute.CopyAtom, tma_K: cute.Tensor,
+        tma_atom_V: cute.CopyAtom, tma_V: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
+        pipe_q: Any, pipe_k: Any, pipe_v: Any,
+    ):  # fmt: skip
+        """Q once, then K and V of every scheduled KV tile, in schedule order."""
+        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
+        tiler_kv = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
+        q_coord = tile_views.tile_coord(work.q_tile_idx, head, work.group, batch, self.dilated)
+        gQ = cute.zipped_divide(tma_Q, tiler_q)[q_coord]
+        tQsQ, tQgQ = cpasync.tma_partition(tma_atom_Q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2), gQ)
+        tKsK, tKgK = cpasync.tma_partition(
+            tma_atom_K, 0, cute.make_layout(1), cute.group_modes(sK, 0, 2), cute.zipped_divide(tma_K, tiler_kv)
+        )
+        tVsV, tVgV = cpasync.tma_partition(
+            tma_atom_V, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2), cute.zipped_divide(tma_V, tiler_kv)
+        )
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        pipe_q.producer_acquire(q_state)
+        cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+        for j in cutlass.range(work.num_kv_tiles, unroll=1):
+            coord = tile_views.tile_coord(work.kv_tile(j), head_kv, work.group, batch, self.dilated)[1]
+            pipe_k.producer_acquire(kv_state)
+            cute.copy(tma_atom_K, tKgK[None, coord], tKsK[None, kv_state.index],
+                      tma_bar_ptr=pipe_k.producer_get_barrier(kv_state))  # fmt: skip
+            pipe_v.producer_acquire(kv_state)
+            cute.copy(tma_atom_V, tVgV[None, coord], tVsV[None, kv_state.index],
+                      tma_bar_ptr=pipe_v.producer_get_barrier(kv_state))  # fmt: skip
+            kv_state.advance()
+
+    # ------------------------------------------------------------------ MMA warp
+    def _tmem_tensors(self, tmem_ptr: Any) -> tuple[cute.Tensor, cute.Tensor]:
+        """S (``tile_m x tile_n``) and O (``tile_m x D``) accumulators in tensor memory."""
+        mma_qk, mma_pv = self._make_mmas()
+        tS = mma_qk.make_fragment_C(mma_qk.partition_shape_C((_TILE_M, self.tile_n)))
+        tO = mma_pv.make_fragment_C(mma_pv.partition_shape_C((_TILE_M, self.hdim)))
+        tStS = cute.make_tensor(tmem_ptr + self.tmem_s, tS.layout)
+        tOtO = cute.make_tensor(tmem_ptr + self.tmem_o, tO.layout)
+        return tStS, tOtO
+
+    @cute.jit
+    def mma(
+        self, work: QTileWork, tmem_ptr: Any, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
+        sP: cute.Tensor, pipe_q: Any, pipe_k: Any, pipe_v: Any, pipe_s: Any, pipe_p: Any, pipe_o: Any,
+    ):  # fmt: skip
+        """One thread issues every tcgen05 MMA; commits signal the softmax warpgroup."""
+        tStS, tOtO = self._tmem_tensors(tmem_ptr)
+        mma_qk, mma_pv = self._make_mmas()
+        thr_qk = mma_qk.get_slice(0)
+        thr_pv = mma_pv.get_slice(0)
+        tSrQ = mma_qk.make_fragment_A(thr_qk.partition_A(sQ))
+        tSrK = mma_qk.make_fragment_B(thr_qk.partition_B(sK))
+        tOrP = mma_pv.make_fragment_A(thr_pv.partition_A(sP))
+        sVt = cute.composition(
+            sV, cute.make_ordered_layout((self.hdim, self.tile_n, self.num_stages), order=(1, 0, 2))
+        )
+        tOrV = mma_pv.make_fragment_B(thr_pv.partition_B(sVt))
+
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        s_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        o_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        p_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        pipe_q.consumer_wait(q_state)
+        for j in cutlass.range(work.num_kv_tiles, unroll=1):
+            pipe_k.consumer_wait(kv_state)
+            pipe_s.producer_acquire(s_state)  # the softmax has read the previous S
+            mma_qk.set(tcgen05.Field.ACCUMULATE, False)
+            for k in cutlass.range_constexpr(cute.size(tSrQ, mode=[2])):
+                cute.gemm(mma_qk, tStS, tSrQ[None, None, k], tSrK[None, None, k, kv_state.index], tStS)
+                mma_qk.set(tcgen05.Field.ACCUMULATE, True)
+            pipe_s.producer_commit(s_state)
+            s_state.advance()
+            pipe_k.consumer_release(kv_state)
+
+            pipe_p.consumer_wait(p_state)  # P written, O rescaled
+            pipe_v.consumer_wait(kv_state)
+            pipe_o.producer_acquire(o_state)
+            mma_pv.set(tcgen05.Field.ACCUMULATE, j > 0)
+            for k in cutlass.range_constexpr(cute.size(tOrP, mode=[2])):
+                cute.gemm(mma_pv, tOtO, tOrP[None, None, k], tOrV[None, None, k, kv_state.index], tOtO)
+                mma_pv.set(tcgen05.Field.ACCUMULATE, True)
+            pipe_o.producer_commit(o_state)
+            o_state.advance()
+            pipe_v.consumer_release(kv_state)
+            pipe_p.consumer_release(p_state)
+            p_state.advance()
+            kv_state.advance()
+
+    # ------------------------------------------------------------------ softmax warpgroup
+    @cute.jit
+    def softmax(
+        self, work: QTileWork, head: Int32, batch: Int32, tmem_ptr: Any, sQ: cute.Tensor, sP: cute.Tensor,
+        pipe_s: Any, pipe_p: Any, pipe_o: Any, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor,
+        mLSE: cute.Tensor, mCounts: cute.Tensor, scale_log2: Float32,
+    ):  # fmt: skip
+        """Thread ``t`` owns Q row ``t``: scores, online softmax, P, O rescale, epilogue."""
+        tidx = cute.arch.thread_idx()[0]
+        tStS, tOtO = self._tmem_tensors(tmem_ptr)
+        tS = tStS[(None, None), 0, 0]
+        load_s = tcgen05.make_tmem_copy(
+            cute.make_copy_atom(tcgen05.copy.Ld32x32bOp(tcgen05.copy.Repetition(self.tile_n)), Float32), tS
+        ).get_slice(tidx)
+        tSt = load_s.partition_S(tS)
+        tSc = load_s.partition_D(cute.make_identity_tensor((_TILE_M, self.tile_n)))
+        rS = cute.make_rmem_tensor(tSc.shape, Float32)
+        row = tSc[0][0]
+        windows = RowWindows(work, [row])
+        kv_tile = self.cfg.kv_tile_shape
+        col_in_tile = [split_tile_index(tSc[c][1], kv_tile) for c in range(cute.size(rS))]
+
+        row_max = -Float32.inf
+        row_sum = Float32(0.0)
+        num_full = Int32(0)
+        s_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        o_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        p_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        for j in cutlass.range(work.num_kv_tiles, unroll=1):
+            kv = work.kv_tile(j)
+            full = work.kv_is_full(kv)
+            pipe_s.consumer_wait(s_state)
+            cute.copy(load_s, tSt, rS)
+            cute.arch.fence_view_async_tmem_load()
+            pipe_s.consumer_release(s_state)
+            s_state.advance()
+            if full:
+                num_full += 1
+            else:
+                self._mask_row(rS, windows, col_in_tile, kv)
+            tile_max = rS[0]
+            for c in cutlass.range_constexpr(1, cute.size(rS)):
+                tile_max = cute.arch.fmax(tile_max, rS[c])
+            new_max = cute.arch.fmax(row_max, tile_max)
+            safe_max = Float32(0.0) if new_max == -Float32.inf else new_max
+            max_scaled = safe_max * scale_log2
+            rescale = cute.math.exp2(row_max * scale_log2 - max_scaled, fastmath=True)
+            row_max = new_max
+            acc = row_sum * rescale
+            for c in cutlass.range_constexpr(cute.size(rS)):
+                p = cute.math.exp2(rS[c] * scale_log2 - max_scaled, fastmath=True)
+                rS[c] = p
+                acc = acc + p
+            row_sum = acc
+            if j > 0:
+                pipe_o.consumer_wait(o_state)  # O += P V of the previous tile has landed
+                self._scale_o_row(tOtO, tidx, rescale)
+                pipe_o.consumer_release(o_state)
+                o_state.advance()
+            pipe_p.producer_acquire(p_state)  # the previous P V has finished reading sP
+            for c in cutlass.range_constexpr(cute.size(rS)):
+                sP[row, tSc[c][1]] = rS[c].to(self.dtype)
+            cute.arch.fence_view_async_shared()
+            pipe_p.producer_commit(p_state)
+            p_state.advance()
+
+        pipe_o.consumer_wait(o_state)  # the last P V
+        empty = row_sum == Float32(0.0)
+        inv_sum = Float32(0.0) if empty else cute.arch.rcp_approx(row_sum)
+        lse = -Float32.inf if empty else (row_max * scale_log2 + cute.math.log2(row_sum, fastmath=True)) * LN2
+        self._o_row_to_smem(tOtO, tidx, inv_sum, row, sQ)  # every Q K^T is done: sQ holds O now
+        cute.arch.fence_view_async_shared()
+        cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=_TILE_M)
+        if tidx == 0:
+            tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
+            coord = tile_views.tile_coord(work.q_tile_idx, head, work.group, batch, self.dilated)
+            tOsO, tOgO = cpasync.tma_partition(
+                tma_atom_O, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2),
+                cute.zipped_divide(tma_O, tiler_o)[coord],
+            )  # fmt: skip
+            cute.copy(tma_atom_O, tOsO, tOgO)
+            cute.arch.cp_async_bulk_commit_group()
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
+        self._store_lse(work, head, batch, row, lse, mLSE)
+        if const_expr(self.cfg.count_tiles):
+            if tidx == 0 and batch == 0 and head == 0:
+                idx = (*work.group, *work.q_tile_idx)
+                mCounts[(0, *idx)] = work.num_kv_tiles
+                mCounts[(1, *idx)] = num_full
+
+    @cute.jit
+    def _mask_row(self, rS: cute.Tensor, windows: RowWindows, col_in_tile: list, kv: list) -> None:
+        """Scores of keys outside this row's window (or past the axis) become ``-inf``."""
+        lo = [windows.start[i] - kv[i] * self.cfg.kv_tile_shape[i] for i in range(self.rank)]
+        hi = [windows.end[i] - kv[i] * self.cfg.kv_tile_shape[i] for i in range(self.rank)]
+        for c in cutlass.range_constexpr(cute.size(rS)):
+            k = col_in_tile[c]
+            visible = (k[0] >= lo[0]) & (k[0] < hi[0])
+            for i in cutlass.range_constexpr(1, self.rank):
+                visible = visible & (k[i] >= lo[i]) & (k[i] < hi[i])
+            rS[c] = rS[c] if visible else -Float32.inf
+
+    def _o_chunks(self, tOtO: cute.Tensor, tidx: Int32):
+        """Per 32-column chunk of this thread's O row: (tmem load slice, tmem store slice, coords)."""
+        tO = tOtO[(None, None), 0, 0]
+        cO = cute.make_identity_tensor((_TILE_M, self.hdim))
+        out = []
+        for c0 in range(0, self.hdim, _O_CHUNK):
+            t_chunk = cute.local_tile(tO, (_TILE_M, _O_CHUNK), (0, c0 // _O_CHUNK))
+            c_chunk = cute.local_tile(cO, (_TILE_M, _O_CHUNK), (0, c0 // _O_CHUNK))
+            ld = tcgen05.make_tmem_copy(
+                cute.make_copy_atom(tcgen05.copy.Ld32x32bOp(tcgen05.copy.Repetition(_O_CHUNK)), Float32), t_chunk
+            ).get_slice(tidx)
+            st = tcgen05.make_tmem_copy(
+                cute.make_copy_atom(tcgen05.copy.St32x32bOp(tcgen05.copy.Repetition(_O_CHUNK)), Float32), t_chunk
+            ).get_slice(tidx)
+            out.append((ld, ld.partition_S(t_chunk), st, st.partition_D(t_chunk), ld.partition_D(c_chunk)))
+        return out
+
+    @cute.jit
+    def _scale_o_row(self, tOtO: cute.Tensor, tidx: Int32, factor: Float32) -> None:
+        """O row *= factor, in tensor memory (correction of the running max)."""
+        for ld, src, st, dst, coords in self._o_chunks(tOtO, tidx):
+            r = cute.make_rmem_tensor(coords.shape, Float32)
+            cute.copy(ld, src, r)
+            for c in cutlass.range_constexpr(cute.size(r)):
+                r[c] = r[c] * factor
+            cute.copy(st, r, dst)
+        cute.arch.fence_view_async_tmem_store()
+
+    @cute.jit
+    def _o_row_to_smem(self, tOtO: cute.Tensor, tidx: Int32, inv_sum: Float32, row: Int32, sO: cute.Tensor) -> None:
+        """Normalized O row, in the input dtype, into the staging tile of the TMA store."""
+        for ld, src, _, _, coords in self._o_chunks(tOtO, tidx):
+            r = cute.make_rmem_tensor(coords.shape, Float32)
+            cute.copy(ld, src, r)
+            for c in cutlass.range_constexpr(cute.size(r)):
+                sO[row, coords[c][1]] = (r[c] * inv_sum).to(self.dtype)
+
+    @cute.jit
+    def _store_lse(self, work: QTileWork, head: Int32, batch: Int32, row: Int32, lse: Float32, mLSE: cute.Tensor) -> None:
+        """LSE of this thread's row, if the row lies inside the axis (padded rows are dropped)."""
+        n = self.rank
+        q_in = split_tile_index(row, self.cfg.q_tile_shape)
+        q = [work.q_tile_idx[i] * self.cfg.q_tile_shape[i] + q_in[i] for i in range(n)]
+        inside = q[0] < work.group_len[0]
+        for i in cutlass.range_constexpr(1, n):
+            inside = inside & (q[i] < work.group_len[i])
+        if inside:
+            x = [q[i] * self.cfg.dilation[i] + work.group[i] for i in range(n)]
+            mLSE[(batch, *x, head)] = lse
