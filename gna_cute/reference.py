@@ -22,9 +22,10 @@ import torch
 from . import neighborhood as nb
 from .params import GNAParams
 
-# Target logits elements (fp32) per block; a few temporaries of this size are alive at once.
-_LOGITS_BUDGET_CPU = 1 << 23
-_LOGITS_BUDGET_CUDA = 1 << 27
+# Per block: at most this many fp32 logits (a few temporaries of this size are alive at once),
+# and at least this many queries when the budget allows (amortizes per-block overhead).
+_LOGITS_BUDGET = {"cpu": 1 << 23, "cuda": 1 << 27}
+_MIN_QUERIES = {"cpu": 128, "cuda": 2048}
 
 
 def reference_forward(
@@ -48,14 +49,16 @@ def reference_forward(
     out = torch.empty(*q.shape[:-1], dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(*q.shape[:-1], dtype=torch.float32, device=q.device)
     extra = _prepare_extra(additional_keys, additional_values)
-    budget = _LOGITS_BUDGET_CUDA if q.is_cuda else _LOGITS_BUDGET_CPU
+    kind = "cuda" if q.is_cuda else "cpu"
     n_extra = 0 if extra is None else extra[0].shape[2]
 
     for group in itertools.product(*[range(d) for d in params.dilation]):
         lengths = tuple(nb.group_length(n, d, g) for n, d, g in zip(spatial, params.dilation, group))
         views = [_group_view(t, group, params.dilation) for t in (q, k, v, out, lse)]
         windows = [_axis_windows(lengths[a], params, a, q.device) for a in range(params.rank)]
-        shape = block_shape or _choose_block_shape(lengths, params, batch * heads, n_extra, budget)
+        shape = block_shape or _choose_block_shape(
+            lengths, params, batch * heads, n_extra, _LOGITS_BUDGET[kind], _MIN_QUERIES[kind]
+        )
         for q_box in _boxes(lengths, shape):
             k_box = tuple(
                 nb.visible_key_range(lo, hi, lengths[a], *_dim_args(params, a))
@@ -84,25 +87,35 @@ def _axis_windows(length: int, params: GNAParams, axis: int, device: torch.devic
 
 
 def _choose_block_shape(
-    lengths: tuple[int, ...], params: GNAParams, rows: int, n_extra: int, budget: int
+    lengths: tuple[int, ...], params: GNAParams, rows: int, n_extra: int, budget: int, min_queries: int
 ) -> tuple[int, ...]:
-    """Largest query box (halving the dim with most slack) whose logits fit the budget.
+    """Query box per dim: about one window (key box <= 2x per dim), within the logits budget.
 
-    Big boxes amortize Python and kernel-launch overhead; the key box is about ``block + w - 1``
-    per dim, so halving the dim whose block is largest relative to its window keeps waste low.
+    Smaller boxes waste fewer masked logits (the key box is ``block + w - 1`` per dim); bigger
+    ones amortize per-block Python and launch overhead.  Start at one window per dim, halve the
+    largest dim while over ``budget`` logits, then grow the smallest (relative to its window)
+    while a box has fewer than ``min_queries`` queries and the next size still fits.
     """
-    shape = list(lengths)
+    shape = [min(n, w) for n, w in zip(lengths, params.kernel_size)]
 
-    def cost() -> int:
-        nq = math.prod(shape)
-        nk = math.prod(min(n, b + w) for n, b, w in zip(lengths, shape, params.kernel_size))
+    def cost(s: list[int]) -> int:
+        nq = math.prod(s)
+        nk = math.prod(min(n, b + w - 1) for n, b, w in zip(lengths, s, params.kernel_size))
         return rows * nq * (nk + n_extra)
 
-    while cost() > budget and max(shape) > 1:
-        axis = max(range(len(shape)), key=lambda a: shape[a] / params.kernel_size[a])
-        if shape[axis] == 1:
-            axis = max(range(len(shape)), key=lambda a: shape[a])
+    while cost(shape) > budget and max(shape) > 1:
+        axis = max(range(len(shape)), key=lambda a: shape[a])
         shape[axis] = (shape[axis] + 1) // 2
+    while math.prod(shape) < min_queries:
+        growable = [a for a in range(len(shape)) if shape[a] < lengths[a]]
+        if not growable:
+            break
+        axis = min(growable, key=lambda a: shape[a] / params.kernel_size[a])
+        bigger = shape.copy()
+        bigger[axis] = min(lengths[axis], 2 * shape[axis])
+        if cost(bigger) > budget:
+            break
+        shape = bigger
     return tuple(shape)
 
 
