@@ -53,6 +53,13 @@ _EPILOGUE_BARRIER = 2  # softmax warpgroup: O tile in shared memory
 _O_CHUNK = 32  # TMEM columns of O per load/store round trip
 
 
+def _dsl_target() -> str:
+    """The architecture the CuTe DSL compiles for (``CUTE_DSL_ARCH`` or the detected GPU)."""
+    from cutlass.cutlass_dsl import CuTeDSL
+
+    return str(CuTeDSL._get_dsl().envar.arch)
+
+
 def _tmem_columns(needed: int) -> int:
     """TMEM allocations are a power of two of at least 32 columns."""
     cols = 32
@@ -75,6 +82,12 @@ class GNAFwdSm100:
             raise ValueError(f"q_tile_shape={cfg.q_tile_shape} must hold {_TILE_M} tokens (one MMA of M = 128)")
         if cfg.kv_tile_size not in (64, 128):
             raise ValueError(f"kv_tile_shape={cfg.kv_tile_shape} must hold 64 or 128 tokens")
+        target = _dsl_target()
+        if not target.startswith(("sm_10", "sm_11")):
+            raise ValueError(
+                f"GNAFwdSm100 emits tcgen05/TMEM code for sm_100a, but the CuTe DSL targets {target!r} "
+                "(set CUTE_DSL_ARCH=sm_100a before importing cutlass, or run on an SM 10.x GPU)"
+            )
         self.cfg = cfg
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank

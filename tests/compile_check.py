@@ -1,0 +1,63 @@
+"""Compile kernel configurations for a given architecture in a fresh process (no GPU needed).
+
+Why a subprocess: the CuTe DSL reads ``CUTE_DSL_ARCH`` and ``CUTE_DSL_KEEP`` once, at its first
+import, so each target architecture (and each SASS-dumping run) needs its own process.  The child
+goes through the real host layer (``interface.compiled_kernel``: placeholder tensors, the compile
+cache) and reports, per configuration, the SASS files it produced, or the error it hit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from gna_cute.kernels.config import FwdConfig
+
+_CHILD = r"""
+import json, sys
+from pathlib import Path
+from gna_cute.kernels import interface
+from gna_cute.kernels.config import FwdConfig
+
+dump = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+sass, errors = [], []
+for spec in json.loads(sys.argv[1]):
+    cfg = FwdConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+    before = set(dump.glob("*.sass")) if dump else set()
+    try:
+        interface.compiled_kernel(cfg)
+        errors.append("")
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}"[-3000:])
+    after = set(dump.glob("*.sass")) if dump else set()
+    sass.append(sorted(str(p) for p in after - before))
+stats = interface.CACHE.stats
+print("REPORT" + json.dumps({"sass": sass, "errors": errors, "compiles": stats.compiles,
+                             "disk_loads": stats.disk_loads, "export_error": stats.last_export_error[-2000:]}))
+"""
+
+
+def child_env(arch: str, cache_dir: Path, dump_dir: Path | None = None) -> dict[str, str]:
+    """Environment of a compile child: target ``arch`` (e.g. ``sm_90a``), its own disk cache."""
+    env = dict(os.environ, GNA_CUTE_CACHE_DIR=str(cache_dir), GNA_CUTE_DISK_CACHE="1", CUTE_DSL_ARCH=arch)
+    if dump_dir is not None:
+        env.update(CUTE_DSL_KEEP="ptx,cubin,sass", CUTE_DSL_DUMP_DIR=str(dump_dir))
+    return env
+
+
+def run_child(configs: list[FwdConfig], env: dict[str, str], dump: Path | None = None) -> dict:
+    """Compile (or load) ``configs`` in a fresh process; its report (see ``_CHILD``)."""
+    specs = json.dumps([dataclasses.asdict(c) for c in configs])
+    argv = [sys.executable, "-c", _CHILD, specs] + ([str(dump)] if dump else [])
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT")][-1]
+    return json.loads(line[len("REPORT") :])
+
+
+def sass_text(files: list[str]) -> str:
+    return "\n".join(Path(f).read_text() for f in files)
