@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-from tabulate import tabulate
-
 from . import problems as P
 
 
@@ -75,17 +73,17 @@ def problems_from_args(args: argparse.Namespace) -> tuple[str, list[P.Problem]]:
 
 
 def _dry_run(problems: list[P.Problem], providers: list) -> int:
-    from .results import PROBLEM_HEADERS, RunRecord, problem_table
+    from .results import PROBLEM_HEADERS, RunRecord, problem_table, table
 
     rec = RunRecord("dry-run", {}, {}, [p.summary() for p in problems], [])
-    print(tabulate(problem_table(rec), PROBLEM_HEADERS, tablefmt="github"))
+    print(table(problem_table(rec), PROBLEM_HEADERS))
     print()
     rows = []
     for prov in providers:
         avail = prov.available()
         runs = [p for p in problems if prov.can_run(p) is None]
         rows.append([prov.name, prov.role, avail or "yes", f"{len(runs)}/{len(problems)}"])
-    print(tabulate(rows, ["provider", "role", "available here", "problems it takes"], tablefmt="github"))
+    print(table(rows, ["provider", "role", "available here", "problems it takes"]))
     for prov in providers:
         reasons = {prov.can_run(p) for p in problems} - {None}
         for r in sorted(reasons):
@@ -132,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         paths = results.save(record, out_dir, stem)
     print()
-    print(tabulate(results.row_table(record, include_skipped=False), results.ROW_HEADERS, tablefmt="github"))
+    print(results.table(results.row_table(record, include_skipped=False), results.ROW_HEADERS))
     failed = [r for r in rows if r.get("status") == "failed"]
     for r in failed:
         print(f"FAILED {r['problem']} {r['provider']}: {r['reason']}")

@@ -28,9 +28,14 @@ def gna_mask_mod(order: TiledOrder) -> Callable:
     """The CuTe DSL ``mask_mod`` of ``order`` (one per order, so FA4's compile cache can hit)."""
     if order in _MASK_MODS:
         return _MASK_MODS[order]
+    import warnings
+
     import cutlass
     import cutlass.cute as cute
     from flash_attn.cute import utils as fa_utils
+
+    # FA4 4.0.0b36 warns on every compile that its AuxData is no JIT argument; harmless noise.
+    warnings.filterwarnings("ignore", message="Argument aux_data", category=UserWarning)
 
     @cute.jit
     def mask_mod(batch, head, m_idx, n_idx, seqlen_info, aux_tensors):

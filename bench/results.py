@@ -15,8 +15,6 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tabulate import tabulate
-
 SCHEMA = 1
 
 
@@ -121,6 +119,17 @@ ROW_HEADERS = ["problem", "provider", "ms", "x cuDNN", "x best peer", "useful TF
                "% tile bound", "max err", "host us", "notes"]
 
 
+def table(rows: list[list], headers: list[str]) -> str:
+    """GitHub-markdown table (tabulate when installed; a plain fallback for bare GPU hosts)."""
+    try:
+        from tabulate import tabulate
+    except ImportError:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+        return "\n".join(lines)
+    return tabulate(rows, headers, tablefmt="github")
+
+
 def _f(v, fmt: str) -> str:
     return "" if v is None else format(v, fmt)
 
@@ -188,10 +197,10 @@ def markdown(record: RunRecord) -> str:
         "",
         "## Problems",
         "",
-        tabulate(problem_table(record), PROBLEM_HEADERS, tablefmt="github"),
+        table(problem_table(record), PROBLEM_HEADERS),
         "",
     ]
     pubs = {p["published"]["source"] for p in record.problems if p.get("published")}
     lines += [f"NATTEN column source: {s}." for s in sorted(pubs)] + ([""] if pubs else [])
-    lines += ["## Results", "", tabulate(row_table(record), ROW_HEADERS, tablefmt="github"), ""]
+    lines += ["## Results", "", table(row_table(record), ROW_HEADERS), ""]
     return "\n".join(lines)
