@@ -152,14 +152,18 @@ def choose(args: AttentionArgs, name: str = "auto") -> Choice:
     raise AssertionError("the reference backend always runs")  # pragma: no cover
 
 
-def run(args: AttentionArgs, name: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose and run: ``(out, lse)``."""
-    choice = choose(args, name)
+def execute(choice: Choice, args: AttentionArgs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run an already chosen backend (merging extra KV tokens by LSE when it needs that)."""
     if not choice.merge_extra:
         return choice.backend.forward(args)
     out, lse = choice.backend.forward(args.without_extra_kv())
     extra_out, extra_lse = dense_attention(args.q, args.additional_keys, args.additional_values, args.scale)
     return merge_by_lse(out, lse, extra_out, extra_lse)
+
+
+def run(args: AttentionArgs, name: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose and run: ``(out, lse)``."""
+    return execute(choose(args, name), args)
 
 
 def why_not(args: AttentionArgs) -> dict[str, str | None]:

@@ -147,7 +147,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                 print(f"skipped  {name}: {reason}")
     merged = " (+ extra KV merged by LSE)" if choice.merge_extra else ""
     print(f"backend  {choice.backend.name}{merged}")
-    seconds, (out, lse) = _time(lambda: backends.run(args, choice.backend.name), a.iters, args.q.is_cuda)
+    seconds, (out, lse) = _time(lambda: backends.execute(choice, args), a.iters, args.q.is_cuda)
     print(f"time     {seconds * 1e3:.3f} ms (median of {max(a.iters, 1)})")
     if choice.backend is backends.REFERENCE:
         print("error    n/a (ran the reference itself)")
