@@ -33,6 +33,21 @@ def _run(cmd: list[str], cwd: str | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def source_fingerprint() -> str:
+    """Hash of the project's Python sources (gna_cute, kernels, sim, bench): identifies the code
+    that produced a result even where the copy has no git history (the lent GPU machine)."""
+    import hashlib
+    import importlib
+
+    h = hashlib.sha256()
+    for pkg in ("gna_cute", "gna_cute.kernels", "gna_cute.sim", "gna_cute.bench"):
+        folder = Path(importlib.import_module(pkg).__file__).resolve().parent
+        for src in sorted(folder.glob("*.py")):
+            h.update(f"{pkg}/{src.name}:".encode())
+            h.update(src.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def collect_env() -> dict:
     """Versions and device of this process (no GPU needed: fields are None without one)."""
     import torch
@@ -47,6 +62,7 @@ def collect_env() -> dict:
         "flash_attn_4": _version("flash-attn-4"),
         "gna_cute": _version("gna_cute"),
         "git_commit": _run(["git", "rev-parse", "--short", "HEAD"], cwd=str(Path(__file__).parent)),
+        "source_fingerprint": source_fingerprint(),
         "python": platform.python_version(),
     }
     if torch.cuda.is_available():
@@ -186,7 +202,7 @@ def markdown(record: RunRecord) -> str:
         f"Device **{env.get('device')}** ({env.get('capability')}), driver {env.get('driver')}, "
         f"CUDA {env.get('cuda')}, torch {env.get('torch')}, CuTe DSL {env.get('cutlass_dsl')}, "
         f"FlashAttention-4 {env.get('flash_attn_4')}, gna_cute {env.get('gna_cute')} "
-        f"(commit {env.get('git_commit')}), Python {env.get('python')}; {record.created}.",
+        f"(commit {env.get('git_commit')}, sources {env.get('source_fingerprint')}), Python {env.get('python')}; {record.created}.",
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in record.settings.items()) + ".",
         "Times are GPU medians (CUDA events, GPU kept busy ahead of each call, L2 flushed between "
