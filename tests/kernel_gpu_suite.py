@@ -1,0 +1,148 @@
+"""The GPU test suite of a fused kernel, written once for every architecture (sm90 now, sm100 next).
+
+``define_tests(arch, name)`` returns the test functions (and their session fixture) for one kernel
+backend; a test module puts them in its namespace and adds its skip marker:
+
+    pytestmark = requires_sm90
+    globals().update(define_tests(90, "sm90"))
+
+What they check: output and LSE against the fp32 reference and an fp64 truth over the seeded sweep
+(``kernel_sweep``: 294 random problems over 42 static configurations, the worked examples of the
+semantics doc, the three headline shapes), the kernel's visited/full tile counts against the
+simulator, ``backend="auto"`` picking the kernel, CUDA-graph capture and replay, and
+``torch.compile(fullgraph=True)`` through ``torch.ops.gna_cute.attention``.  Every configuration is
+compiled once, up front, in parallel processes (``interface.warm``), into the disk cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+import kernel_sweep as ks
+from gna_cute import backends, sim
+from gna_cute.kernels import config, interface
+
+
+def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
+    def tile_pairs(rank: int, head_dim: int):
+        return config.supported_tile_shapes(arch, rank, head_dim)
+
+    random_cases = ks.random_cases(seed=2024, n_static=42, per_static=7, tile_pairs=tile_pairs)
+    cases = random_cases + ks.worked_example_cases()
+    headline = ks.headline_cases()
+    # tile counts: the first two problems of the first six random configurations, the 2D headline
+    count_cases = [c for i, c in enumerate(random_cases) if i % 7 < 2 and i < 42] + [
+        dataclasses.replace(c, heads=1) for c in headline if c.static.rank == 2
+    ]
+    kernel = {
+        "can_run": getattr(interface, f"can_run_{name}"),
+        "forward": getattr(interface, f"forward_{name}"),
+        "tile_counts": getattr(interface, f"tile_counts_{name}"),
+    }
+
+    def config_of(case: ks.Case, count_tiles: bool = False):
+        return interface.make_config(case.args("meta"), arch, count_tiles)
+
+    @pytest.fixture(scope="session")
+    def compile_errors() -> dict:
+        """Compile every configuration of the suite (parallel, into the disk cache): config -> error."""
+        configs = [config_of(c) for c in cases + headline] + [config_of(c, True) for c in count_cases]
+        configs = list(dict.fromkeys(configs))
+        errors = interface.warm(configs)
+        return {cfg: err for cfg, err in zip(configs, errors) if err is not None}
+
+    def prepare(case: ks.Case, errors: dict, count_tiles: bool = False):
+        args = case.args()
+        cfg = interface.make_config(args, arch, count_tiles)
+        if cfg in errors:
+            pytest.fail(f"compile failed for {cfg}: {errors[cfg]!r}")
+        assert kernel["can_run"](args) is None
+        return args
+
+    @pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])
+    def test_matches_reference(case: ks.Case, compile_errors: dict) -> None:
+        args = prepare(case, compile_errors)
+        out, lse = kernel["forward"](args)
+        assert out.shape == args.q.shape and out.dtype == args.q.dtype
+        assert lse.shape == args.q.shape[:-1] and lse.dtype == torch.float32
+        errors = ks.measure(case, args, out, lse)
+        assert errors.ok(), errors
+
+    @pytest.mark.parametrize("case", headline, ids=[c.id for c in headline])
+    def test_headline_shapes(case: ks.Case, compile_errors: dict) -> None:
+        """Full-size problems (2 heads): sampled rows against fp64, no full fp32 reference (too slow)."""
+        args = prepare(case, compile_errors)
+        out, lse = kernel["forward"](args)
+        assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+        errors = ks.measure(case, args, out, lse, full_reference=False)
+        assert errors.ok(), errors
+
+    @pytest.mark.parametrize("case", count_cases, ids=[c.id for c in count_cases])
+    def test_tile_counts_match_simulator(case: ks.Case, compile_errors: dict) -> None:
+        args = prepare(case, compile_errors, count_tiles=True)
+        cfg = interface.make_config(args, arch, count_tiles=True)
+        counts = kernel["tile_counts"](args)
+        expected = sim.tile_counts(args.params, cfg.q_tile_shape, cfg.kv_tile_shape)
+        assert counts.dtype == np.int64 and counts.shape == expected.shape
+        np.testing.assert_array_equal(counts, expected)
+
+    def test_auto_picks_the_kernel(compile_errors: dict) -> None:
+        args = prepare(cases[1], compile_errors)
+        assert backends.choose(args).backend.name == name
+
+    def op(args, backend: str = name):
+        p = args.params
+        return torch.ops.gna_cute.attention(
+            args.q, args.k, args.v, list(p.kernel_size), list(p.stride), list(p.dilation), list(p.is_causal),
+            args.scale, None, None, backend, None, None,
+        )  # fmt: skip
+
+    def test_cuda_graph_capture_and_replay(compile_errors: dict) -> None:
+        case = cases[1]
+        args = prepare(case, compile_errors)
+        op(args)  # compile / load outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out, lse = op(args)
+        for seed in (1, 2):
+            fresh = dataclasses.replace(case, seed=seed).args()
+            for static, new in ((args.q, fresh.q), (args.k, fresh.k), (args.v, fresh.v)):
+                static.copy_(new)
+            graph.replay()
+            eager_out, eager_lse = op(fresh)
+            torch.cuda.synchronize()
+            torch.testing.assert_close(out, eager_out, rtol=0, atol=0)
+            torch.testing.assert_close(lse, eager_lse, rtol=0, atol=0)
+
+    def test_torch_compile_fullgraph(compile_errors: dict) -> None:
+        args = prepare(cases[1], compile_errors)
+        p = args.params
+
+        @torch.compile(fullgraph=True)
+        def f(q, k, v):
+            out, lse = torch.ops.gna_cute.attention(
+                q, k, v, list(p.kernel_size), list(p.stride), list(p.dilation), list(p.is_causal),
+                args.scale, None, None, name, None, None,
+            )  # fmt: skip
+            return out * 2, lse
+
+        out, lse = f(args.q, args.k, args.v)
+        eager_out, eager_lse = op(args)
+        torch.testing.assert_close(out, eager_out * 2, rtol=0, atol=0)
+        torch.testing.assert_close(lse, eager_lse, rtol=0, atol=0)
+
+    return {
+        "compile_errors": compile_errors,
+        "test_matches_reference": test_matches_reference,
+        "test_headline_shapes": test_headline_shapes,
+        "test_tile_counts_match_simulator": test_tile_counts_match_simulator,
+        "test_auto_picks_the_kernel": test_auto_picks_the_kernel,
+        "test_cuda_graph_capture_and_replay": test_cuda_graph_capture_and_replay,
+        "test_torch_compile_fullgraph": test_torch_compile_fullgraph,
+    }
