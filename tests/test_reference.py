@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from brute_force import attention_fp64, neighborhood_mask
-from conftest import LONG
+from conftest import LONG, requires_gpu
 
 from gna_cute.params import GNAParams
+from gna_cute import reference
 from gna_cute.reference import reference_forward
 
 RANDOM_CASES = 600 if not LONG else 3000
@@ -164,3 +165,41 @@ def test_longer_1d_many_blocks():
     out, lse, want_out, want_lse = run_both(case, *make_inputs(case, gen), 0.3)
     torch.testing.assert_close(out.double(), want_out, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(lse.double(), want_lse, atol=2e-5, rtol=1e-5)
+
+
+def test_never_builds_an_n_by_n_matrix(monkeypatch):
+    """On a long axis every block's mask is tiny compared with N x N (memory stays bounded)."""
+    sizes = []
+    box_mask = reference._box_mask
+
+    def recording(*args):
+        mask = box_mask(*args)
+        sizes.append(mask.numel())
+        return mask
+
+    monkeypatch.setattr(reference, "_box_mask", recording)
+    n = 8192
+    q = torch.randn(1, n, 1, 4)
+    out, lse = reference_forward(q, q, q, GNAParams.make((n,), 9, 1, 3, False), 0.5)
+    assert len(sizes) > 1 and max(sizes) * 1000 < n * n
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_random_configs_cuda(dtype):
+    """The same reference on a GPU agrees with the brute force (run on the device machine)."""
+    rng = np.random.default_rng(11)
+    gen = torch.Generator().manual_seed(11)
+    tol = {torch.float32: (2e-5, 1e-5), torch.bfloat16: (1e-4, 2.0**-7)}[dtype]
+    for _ in range(60):
+        case = random_case(rng)
+        q, k, v, ek, ev = make_inputs(case, gen, dtype)
+        params = GNAParams.make(case.shape, case.kernel_size, case.stride, case.dilation, case.causal)
+        cuda = [None if t is None else t.cuda() for t in (q, k, v, ek, ev)]
+        out, lse = reference_forward(*cuda[:3], params, 0.6, *cuda[3:], block_shape=case.block_shape)
+        mask = neighborhood_mask(case.shape, case.kernel_size, case.stride, case.dilation, case.causal)
+        want_out, want_lse = attention_fp64(q, k, v, mask, 0.6, ek, ev)
+        assert out.is_cuda and out.dtype == dtype and lse.dtype == torch.float32
+        torch.testing.assert_close(out.cpu().double(), want_out, atol=tol[0], rtol=tol[1])
+        torch.testing.assert_close(lse.cpu().double(), want_lse, atol=2e-5, rtol=1e-5)
