@@ -274,8 +274,12 @@ def tile_counts_sm90(args: Any) -> np.ndarray:
     return tile_counts(args, 90)
 
 
+SM100_STATUS = "compiled and SASS-checked for sm_100a on CPU only; not yet run on Blackwell hardware"
+
+
 def available_sm100() -> str | None:
-    return _device_reason(100, None)
+    reason = _device_reason(100, None)
+    return None if reason is None else f"{reason} ({SM100_STATUS})"
 
 
 def can_run_sm100(args: Any) -> str | None:
