@@ -10,7 +10,7 @@ import torch
 from brute_force import attention_fp64, neighborhood_mask
 
 import gna_cute
-from gna_cute import backends
+from gna_cute import backends, merge
 from gna_cute.backends import AttentionArgs, Backend
 from gna_cute.reference import reference_forward
 
@@ -143,8 +143,10 @@ def test_auto_picks_first_that_runs(monkeypatch):
     assert backends.run(_args(torch.Generator().manual_seed(5))) == ("ran", None)
 
 
-def test_extra_kv_merged_outside_a_kernel_that_refuses_them(monkeypatch):
+@pytest.mark.parametrize("chunk_rows", [7, 1 << 14])
+def test_extra_kv_merged_outside_a_kernel_that_refuses_them(monkeypatch, chunk_rows):
     """A backend refusing only extra KV runs the neighborhood; the dispatcher merges the rest by LSE."""
+    monkeypatch.setattr(merge, "_CHUNK_ROWS", chunk_rows)  # several chunks of the dense part too
     calls = []
 
     def forward(args: AttentionArgs):
