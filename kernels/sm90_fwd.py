@@ -78,7 +78,7 @@ class GNAFwdSm90:
     num_producer_regs = 24
     num_mma_regs = 240
 
-    def __init__(self, cfg: FwdConfig, overlap: bool = True) -> None:
+    def __init__(self, cfg: FwdConfig, overlap: bool = True, turns: bool = True) -> None:
         if cfg.arch != 90:
             raise ValueError(f"cfg.arch={cfg.arch}: GNAFwdSm90 is the sm90 kernel")
         if cfg.dtype not in _DTYPES:
@@ -90,7 +90,8 @@ class GNAFwdSm90:
         if cfg.kv_tile_size % 16 or not 16 <= cfg.kv_tile_size <= 256:
             raise ValueError(f"kv_tile_shape={cfg.kv_tile_shape} must hold a multiple of 16 tokens, 16..256")
         self.cfg = cfg
-        self.overlap = overlap
+        self.overlap = overlap  # QK(j) overlapped with PV(j-1) inside each warpgroup
+        self.turns = turns and overlap  # the two warpgroups take turns issuing GEMMs
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
         self.dtype = _DTYPES[cfg.dtype]
@@ -437,8 +438,9 @@ class GNAFwdSm90:
         so one's GEMMs run while the other does its softmax."""
         k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        if wg == 0:
-            cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER, number_of_threads=256)
+        if const_expr(self.turns):
+            if wg == 0:
+                cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER, number_of_threads=256)
         # Tile 0: S, mask, softmax, P (O is still zero: nothing to rescale).
         kv = work.kv_tile(0)
         pipe_k.consumer_wait(k_state)
@@ -451,11 +453,13 @@ class GNAFwdSm90:
         for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
             kv = work.kv_tile(j)
             pipe_k.consumer_wait(k_state)
-            cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
+            if const_expr(self.turns):
+                cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
             _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
             pipe_v.consumer_wait(v_state)
             _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
-            cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
+            if const_expr(self.turns):
+                cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
             warpgroup.wait_group(1)
             pipe_k.consumer_release(k_state)
             num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
