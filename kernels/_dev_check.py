@@ -138,7 +138,10 @@ def gpu_main(variant: str = "overlap+turns") -> int:
 
     torch.manual_seed(0)
     fails = 0
-    for name, cfg, B, spatial, H, Hk in gpu_cases():
+    cases = gpu_cases()
+    if os.environ.get("GNA_K1_CASES"):
+        cases = [cases[int(i)] for i in os.environ["GNA_K1_CASES"].split(",")]
+    for name, cfg, B, spatial, H, Hk in cases:
         dt = getattr(torch, cfg.dtype)
         D = cfg.head_dim
         q = torch.randn(B, *spatial, H, D, device="cuda", dtype=dt)
