@@ -156,8 +156,8 @@ def _notes(row: dict) -> str:
     info = dict(row.get("info") or {})
     if "first_call_s" in row:
         info["first call s"] = row["first_call_s"]
-    if row.get("method") == "graph":
-        info["timed"] = "CUDA graph"
+    if row.get("method", "events") != "events":
+        info["timed"] = "CUDA graph" if row["method"] == "graph" else row["method"]
     return "; ".join(f"{k}={v}" for k, v in info.items())
 
 

@@ -35,7 +35,7 @@ class Timing:
     min_ms: float
     max_ms: float
     runs: int
-    method: str  # "events" or "graph"
+    method: str  # "graph", "events", or "events (graph capture failed: ...)"
     host_us: float | None  # host time per call (launch path), measured separately
 
     @property
@@ -152,8 +152,12 @@ def time_fn(
 
     call, method = fn, "events"
     if use_graph:
-        graph = capture_graph(fn)
-        call, method = graph.replay, "graph"
+        try:
+            graph = capture_graph(fn)
+            call, method = graph.replay, "graph"
+        except RuntimeError as e:  # e.g. host<->device copies inside the call
+            torch.cuda.synchronize()
+            method = f"events (graph capture failed: {str(e)[:80]})"
 
     # Park long enough to hide the host work of one iteration (flush + events + launch).
     call_host_us = host_us if (measure_host and call is fn) else host_overhead_us(call, calls)
