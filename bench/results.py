@@ -132,7 +132,7 @@ def load(path: Path) -> RunRecord:
 # ------------------------------------------------------------------------------------------------
 
 ROW_HEADERS = ["problem", "provider", "ms", "x cuDNN", "x best peer", "useful TFLOP/s",
-               "% tile bound", "max err", "host us", "notes"]
+               "% tile bound", "x own dense (% bound)", "max err", "host us", "notes"]
 
 
 def table(rows: list[list], headers: list[str]) -> str:
@@ -148,6 +148,12 @@ def table(rows: list[list], headers: list[str]) -> str:
 
 def _f(v, fmt: str) -> str:
     return "" if v is None else format(v, fmt)
+
+
+def _own_dense(row: dict) -> str:
+    if row.get("speedup_own_dense") is None:
+        return ""
+    return f"{row['speedup_own_dense']:.2f} ({row['pct_tile_bound_own_dense']:.0f} %)"
 
 
 def _notes(row: dict) -> str:
@@ -170,7 +176,7 @@ def row_table(record: RunRecord, include_skipped: bool = True) -> list[list[str]
         out.append([
             r["problem"], r["provider"], _f(r.get("ms"), ".3f") if ran else "-",
             _f(r.get("speedup_cudnn"), ".2f"), _f(r.get("speedup_peer"), ".2f"),
-            _f(r.get("useful_tflops"), ".0f"), _f(r.get("pct_tile_bound"), ".0f"),
+            _f(r.get("useful_tflops"), ".0f"), _f(r.get("pct_tile_bound"), ".0f"), _own_dense(r),
             _f(r.get("max_err"), ".1e"), _f(r.get("host_us"), ".0f"), _notes(r),
         ])
     return out
@@ -208,7 +214,8 @@ def markdown(record: RunRecord) -> str:
         "Times are GPU medians (CUDA events, GPU kept busy ahead of each call, L2 flushed between "
         "calls); `host us` is the Python launch cost per call, measured separately. "
         "`x cuDNN` = cuDNN dense time / this time; `% tile bound` = `x cuDNN` / the simulator's "
-        "tile-wise bound; useful TFLOP/s count attended pairs only (pairs x 4 x D). "
+        "tile-wise bound; `x own dense` = our dense run of the same sizes / this time (with its "
+        "fraction of the tile bound); useful TFLOP/s count attended pairs only (pairs x 4 x D). "
         "Mask-based peers (fa4-gna, flex-gna) run on a tiled token order built once outside timing.",
         "",
         "## Problems",

@@ -171,4 +171,23 @@ def run(problems: list[Problem], providers: list[Any], settings: Settings,
     for i, problem in enumerate(problems, 1):
         log(f"[{i}/{len(problems)}] {problem.name}  ({time.perf_counter() - t_start:.0f} s elapsed)")
         rows.extend(run_problem(problem, providers, settings, log, timing_cache))
+    _derive_own_dense(problems, rows)
     return rows
+
+
+def _derive_own_dense(problems: list[Problem], rows: list[dict]) -> None:
+    """``x own dense``: our dense run of the same sizes (if in this run) / our time (issue 7)."""
+    dense_ms = {}
+    for p in problems:
+        if p.is_dense:
+            for r in rows:
+                if r["problem"] == p.name and r["provider"] == "gna_cute" and r.get("status") == "ok":
+                    dense_ms[_timing_key(p)] = r["ms"]
+    for p in problems:
+        ms = dense_ms.get(_timing_key(p))
+        if ms is None or p.is_dense:
+            continue
+        for r in rows:
+            if r["problem"] == p.name and r["provider"] == "gna_cute" and r.get("status") == "ok":
+                r["speedup_own_dense"] = ms / r["ms"]
+                r["pct_tile_bound_own_dense"] = 100.0 * (ms / r["ms"]) / p.kernel_stats.tile_bound

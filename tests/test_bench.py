@@ -255,3 +255,57 @@ def test_every_suite_problem_has_a_fa4_tile(rank):
     for p in itertools.chain.from_iterable(problems.suite(n) for n in problems.SUITES):
         if p.rank == rank and not p.is_dense:
             assert int(np.prod(best_tile_shape(p.params))) == 128
+
+
+# ------------------------------------------------------------------------------------------------
+# Derived columns (CPU, synthetic timings) and GPU checks of timing and providers
+# ------------------------------------------------------------------------------------------------
+
+
+def test_derived_columns_from_timings():
+    from gna_cute.bench import runner
+
+    sparse = problems.Problem.make((256, 256), 80, 16, heads=24, q_tile_shape=(16, 8), kv_tile_shape=(16, 8))
+    dense = problems.Problem.make((256, 256), 256, 1, heads=24, q_tile_shape=(16, 8), kv_tile_shape=(16, 8))
+    ok = lambda prob, prov, role, ms: {"problem": prob.name, "provider": prov, "role": role,  # noqa: E731
+                                        "status": "ok", "ms": ms}
+    rows = [ok(sparse, "cudnn-dense", "baseline", 100.0), ok(sparse, "fa4-gna", "peer", 10.0),
+            ok(sparse, "flex-gna", "peer", 20.0), ok(sparse, "gna_cute", "ours", 8.0)]
+    runner._derive(sparse, rows)
+    ours = rows[3]
+    assert ours["speedup_cudnn"] == pytest.approx(12.5)
+    assert ours["speedup_peer"] == pytest.approx(10.0 / 8.0)  # best peer is the faster one
+    assert ours["useful_tflops"] == pytest.approx(sparse.useful_flops / 8e-3 / 1e12)
+    assert ours["pct_tile_bound"] == pytest.approx(100 * 12.5 / 10.24)
+    dense_rows = [ok(dense, "gna_cute", "ours", 90.0)]
+    runner._derive_own_dense([sparse, dense], rows + dense_rows)
+    assert ours["speedup_own_dense"] == pytest.approx(90.0 / 8.0)
+
+
+@pytest.mark.gpu
+def test_time_fn_reports_gpu_time_not_host_time():
+    import time
+
+    from gna_cute.bench import timing
+
+    env = timing._env()
+
+    def fn():
+        time.sleep(0.002)  # 2 ms of host work per call ...
+        env.park(0.2)  # ... in front of 0.2 ms of GPU work
+
+    t = timing.time_fn(fn, runs=20, warmup=1)
+    assert 0.15 < t.median_ms < 0.5, t
+    assert t.host_us > 1500, t
+
+
+@pytest.mark.gpu
+def test_every_provider_matches_the_reference_on_gpu():
+    from gna_cute.bench import runner
+
+    prob = problems.Problem.make((24, 40), (7, 9), (2, 3), (2, 1), (False, True), heads=2)
+    rows = runner.run_problem(prob, providers.all_providers(), runner.Settings(runs=20), lambda s: None, {})
+    assert not [r for r in rows if r.get("status") == "failed"], rows
+    errs = {r["provider"]: r["max_err"] for r in rows if "max_err" in r}
+    assert "gna_cute" in errs or any(r["provider"] == "gna_cute" and r["status"] == "skipped" for r in rows)
+    assert all(e < 1e-2 for e in errs.values()), errs
