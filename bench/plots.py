@@ -54,7 +54,9 @@ def stride_plot(record, path: Path) -> Path | None:
             style = "k--" if prov == "sim-tile-bound" else "o-"
             ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=prov)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("stride (dim 0)")
+        ax.set_xticks(xs, labels=["x".join(map(str, p["stride"])) for p in probs], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlabel("stride")
         ax.set_ylabel("speedup vs cuDNN")
         ax.set_title(f"{'x'.join(map(str, fam[0]))} w={'x'.join(map(str, fam[1]))}", fontsize=9)
         ax.grid(alpha=0.3)
