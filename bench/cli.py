@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--suite", choices=sorted(P.SUITES), help="named problem suite")
     p.add_argument("-i", "--input-size", type=int, nargs="+", help="spatial shape, e.g. -i 256 256")
     p.add_argument("-w", "--window", type=int, nargs="+", help="kernel size (int or one per dim)")
-    p.add_argument("-s", "--stride", type=int, nargs="+", default=[1])
+    p.add_argument("-s", "--stride", type=int, nargs="+", action="append",
+                   help="stride (int or one per dim); repeat (-s 1 -s 16) for one problem per stride")
     p.add_argument("--dilation", type=int, nargs="+", default=[1])
     p.add_argument("--causal", type=_bool, nargs="*", default=None,
                    help="bare: causal in every dim; or one bool per dim")
@@ -64,12 +65,16 @@ def problems_from_args(args: argparse.Namespace) -> tuple[str, list[P.Problem]]:
     if not args.input_size or not args.window:
         raise ValueError("give --suite NAME, or a problem with -i/--input-size and -w/--window")
     causal = False if args.causal is None else (True if args.causal == [] else _one(args.causal))
-    prob = P.Problem.make(
-        args.input_size, _one(args.window), _one(args.stride), _one(args.dilation), causal,
-        batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
-        q_tile_shape=args.q_tile, kv_tile_shape=args.kv_tile,
-    )
-    return prob.name, [prob]
+    probs = [
+        P.Problem.make(
+            args.input_size, _one(args.window), _one(stride), _one(args.dilation), causal,
+            batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+            q_tile_shape=args.q_tile, kv_tile_shape=args.kv_tile,
+        )
+        for stride in (args.stride or [[1]])
+    ]
+    stem = probs[0].name if len(probs) == 1 else f"{probs[0].name}-{len(probs)}-strides"
+    return stem, probs
 
 
 def _dry_run(problems: list[P.Problem], providers: list) -> int:

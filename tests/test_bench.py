@@ -233,6 +233,13 @@ def test_one_problem_from_flags(capsys):
     assert "cudnn-dense" in out and "gna_cute" in out and "fa4-gna" not in out
 
 
+def test_repeated_stride_gives_one_problem_each():
+    args = _parse(["bench", "-i", "256", "256", "-w", "80", "-s", "1", "-s", "16", "16", "--dry-run"])
+    stem, probs = cli.problems_from_args(args)
+    assert [p.stride for p in probs] == [(1, 1), (16, 16)]
+    assert stem.endswith("-2-strides")
+
+
 def test_cli_rejects_bad_input(capsys):
     assert cli.main(_parse(["bench", "--dry-run"])) == 2
     assert "--suite" in capsys.readouterr().err
