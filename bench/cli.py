@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=P.DTYPES, default="float16")
     p.add_argument("--q-tile", type=int, nargs="+", help="our kernel's Q tile shape")
     p.add_argument("--kv-tile", type=int, nargs="+", help="our kernel's KV tile shape")
+    p.add_argument("--auto-tiles", action="store_true",
+                   help="drop the problems' tile shapes: our kernel picks its own (its default)")
     p.add_argument("--providers", help="comma-separated subset (cudnn-dense is always added)")
     p.add_argument("--dry-run", action="store_true", help="list problems and providers, run nothing")
     p.add_argument("--out", type=Path, help="output folder (default bench/results/<device>/)")
@@ -61,7 +64,10 @@ def problems_from_args(args: argparse.Namespace) -> tuple[str, list[P.Problem]]:
     if args.suite and args.input_size:
         raise ValueError("give either --suite or one problem (-i/--input-size), not both")
     if args.suite:
-        return args.suite, P.suite(args.suite)
+        probs = P.suite(args.suite)
+        if args.auto_tiles:
+            probs = [dataclasses.replace(p, q_tile_shape=None, kv_tile_shape=None) for p in probs]
+        return args.suite, probs
     if not args.input_size or not args.window:
         raise ValueError("give --suite NAME, or a problem with -i/--input-size and -w/--window")
     causal = False if args.causal is None else (True if args.causal == [] else _one(args.causal))

@@ -212,7 +212,8 @@ class GnaCute:
 
         arch = _our_arch()
         backend = {90: "sm90", 100: "sm100"}[arch]
-        q_tile, kv_tile = problem.tile_shapes(arch)
+        q_tile, kv_tile = problem.q_tile_shape, problem.kv_tile_shape  # None: the kernel picks
+        shown = problem.tile_shapes(arch)
         p = problem.params
         holder = _Holder()
 
@@ -223,7 +224,8 @@ class GnaCute:
 
         _refuse_on_error(call)
         return Prepared(holder.wrap(call), lambda: holder.value,
-                        info={"backend": backend, "tiles": f"{_x(q_tile)}/{_x(kv_tile)}"})
+                        info={"backend": backend, "tiles": f"{_x(shown[0])}/{_x(shown[1])}"
+                              + ("" if q_tile else " (kernel default)")})
 
 
 class Reference:
