@@ -141,7 +141,9 @@ def main(args: argparse.Namespace) -> int:
     else:
         paths = results.save(record, out_dir, stem)
     print()
-    print(results.table(results.row_table(record, include_skipped=False), results.ROW_HEADERS))
+    # Console: no notes column (they are in the markdown), so the table fits a terminal / log tail.
+    print(results.table([r[:-1] for r in results.row_table(record, include_skipped=False)],
+                        results.ROW_HEADERS[:-1]))
     failed = [r for r in rows if r.get("status") == "failed"]
     for r in failed:
         print(f"FAILED {r['problem']} {r['provider']}: {r['reason']}")
