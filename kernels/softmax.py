@@ -56,9 +56,13 @@ class OnlineSoftmax(DslCarried):
         s_rows = acc_rows_view(acc_S)
         ncol = cute.size(s_rows, mode=[1])
         for r in cutlass.range_constexpr(self.num_rows):
-            tile_max = s_rows[r, 0]
-            for c in cutlass.range_constexpr(1, ncol):
-                tile_max = cute.arch.fmax(tile_max, s_rows[r, c])
+            # Four independent max chains: a single chain would serialize ncol FMNMX latencies.
+            chains = [s_rows[r, c] for c in range(min(4, ncol))]
+            for c in cutlass.range_constexpr(len(chains), ncol):
+                chains[c % 4] = cute.arch.fmax(chains[c % 4], s_rows[r, c])
+            tile_max = chains[0]
+            for c in cutlass.range_constexpr(1, len(chains)):
+                tile_max = cute.arch.fmax(tile_max, chains[c])
             tile_max = cute.arch.warp_reduction_max(tile_max, threads_in_group=4)
             prev_max = self.row_max[r]
             new_max = cute.arch.fmax(prev_max, tile_max)
@@ -67,12 +71,12 @@ class OnlineSoftmax(DslCarried):
             max_scaled = safe_max * self.scale_log2
             scale = cute.math.exp2(prev_max * self.scale_log2 - max_scaled, fastmath=True)
             row_scale[r] = scale
-            acc = self.row_sum[r] * scale
+            sums = [self.row_sum[r] * scale, Float32(0.0)]
             for c in cutlass.range_constexpr(ncol):
                 p = cute.math.exp2(s_rows[r, c] * self.scale_log2 - max_scaled, fastmath=True)
                 s_rows[r, c] = p
-                acc = acc + p
-            self.row_sum[r] = acc
+                sums[c % 2] = sums[c % 2] + p
+            self.row_sum[r] = sums[0] + sums[1]
 
     @cute.jit
     def finalize(self, row_scale: cute.Tensor, lse: cute.Tensor) -> None:
