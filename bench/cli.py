@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-l2-flush", action="store_true")
     p.add_argument("--err-heads", type=int, default=1, help="heads compared with the reference")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--max-minutes", type=float,
+                   help="skip the remaining problems once this much time has passed")
     p.set_defaults(func=main)
 
 
@@ -129,17 +131,18 @@ def main(args: argparse.Namespace) -> int:
           f"{env['device']} (torch {env['torch']}, CuTe DSL {env['cutlass_dsl']}, FA4 {env['flash_attn_4']})",
           flush=True)
     t0 = time.perf_counter()
-    rows = runner.run(problems, providers, settings, log=lambda s: print(s, flush=True))
-    record = results.RunRecord(stem, env, {**settings.as_dict(), "wall_s": round(time.perf_counter() - t0, 1)},
-                               [p.summary() for p in problems], rows)
     out_dir = args.out or _default_out(env)
-    if args.no_plots:
-        paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths[0].write_text(record.to_json() + "\n")
-        paths[1].write_text(results.markdown(record))
-    else:
-        paths = results.save(record, out_dir, stem)
+    summaries = [p.summary() for p in problems]
+
+    def record_of(rows: list[dict]) -> results.RunRecord:
+        return results.RunRecord(stem, env, {**settings.as_dict(), "wall_s": round(time.perf_counter() - t0, 1)},
+                                 summaries, rows)
+
+    rows = runner.run(problems, providers, settings, log=lambda s: print(s, flush=True),
+                      after_problem=lambda rows: results.save(record_of(rows), out_dir, stem, with_plots=False),
+                      max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
+    record = record_of(rows)
+    paths = results.save(record, out_dir, stem, with_plots=not args.no_plots)
     print()
     # Console: no notes column (they are in the markdown), so the table fits a terminal / log tail.
     print(results.table([r[:-1] for r in results.row_table(record, include_skipped=False)],

@@ -108,12 +108,14 @@ def device_dirname(env: dict) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
-def save(record: RunRecord, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``<stem>.json`` and ``<stem>.md`` (and plots when matplotlib is there)."""
+def save(record: RunRecord, out_dir: Path, stem: str, with_plots: bool = True) -> list[Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` (and plots when asked and matplotlib is there)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
     paths[0].write_text(record.to_json() + "\n")
     paths[1].write_text(markdown(record))
+    if not with_plots:
+        return paths
     try:
         from . import plots
 

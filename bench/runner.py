@@ -163,15 +163,28 @@ def _sim_rows(problem: Problem, rows: list[dict]) -> list[dict]:
 
 
 def run(problems: list[Problem], providers: list[Any], settings: Settings,
-        log: Callable[[str], None] = print) -> list[dict]:
-    """All rows of all problems, logging progress."""
+        log: Callable[[str], None] = print, after_problem: Callable[[list[dict]], None] | None = None,
+        max_seconds: float | None = None) -> list[dict]:
+    """All rows of all problems, logging progress.
+
+    ``after_problem(rows so far)`` lets the caller save partial results (a run killed by a time
+    limit keeps what it measured); past ``max_seconds`` the remaining problems are skipped.
+    """
     timing_cache: dict = {}
     rows: list[dict] = []
     t_start = time.perf_counter()
     for i, problem in enumerate(problems, 1):
-        log(f"[{i}/{len(problems)}] {problem.name}  ({time.perf_counter() - t_start:.0f} s elapsed)")
+        elapsed = time.perf_counter() - t_start
+        if max_seconds is not None and elapsed > max_seconds:
+            log(f"[{i}/{len(problems)}] {problem.name}: skipped (time budget {max_seconds:.0f} s spent)")
+            rows += [{"problem": problem.name, "provider": p.name, "role": p.role, "status": "skipped",
+                      "reason": "time budget of the run spent"} for p in providers]
+            continue
+        log(f"[{i}/{len(problems)}] {problem.name}  ({elapsed:.0f} s elapsed)")
         rows.extend(run_problem(problem, providers, settings, log, timing_cache))
-    _derive_own_dense(problems, rows)
+        _derive_own_dense(problems, rows)
+        if after_problem is not None:
+            after_problem(rows)
     return rows
 
 

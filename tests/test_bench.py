@@ -316,3 +316,15 @@ def test_every_provider_matches_the_reference_on_gpu():
     errs = {r["provider"]: r["max_err"] for r in rows if "max_err" in r}
     assert "gna_cute" in errs or any(r["provider"] == "gna_cute" and r["status"] == "skipped" for r in rows)
     assert all(e < 1e-2 for e in errs.values()), errs
+
+
+def test_time_budget_skips_remaining_problems_without_running():
+    from gna_cute.bench import runner
+
+    probs = problems.suite("headline")[:2]
+    seen = []
+    rows = runner.run(probs, providers.all_providers(), runner.Settings(), log=seen.append,
+                      after_problem=lambda r: pytest.fail("nothing ran"), max_seconds=0.0)
+    assert len(rows) == 2 * len(providers.all_providers())
+    assert all(r["status"] == "skipped" and "time budget" in r["reason"] for r in rows)
+    assert len(seen) == 2
