@@ -23,9 +23,6 @@ from .tiled_order import Reorder, TiledOrder, best_tile_shape, gna_allowed
 
 BLOCK = 128
 
-_COMPILED: list[Callable] = []
-
-
 def _tmin(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int):
         return min(a, b)
@@ -65,11 +62,16 @@ def flex_mask_mod(order: TiledOrder) -> Callable:
 
 
 def _flex() -> Callable:
-    if not _COMPILED:
-        from torch.nn.attention.flex_attention import flex_attention
+    """A freshly compiled ``flex_attention``.
 
-        _COMPILED.append(torch.compile(flex_attention, dynamic=False))
-    return _COMPILED[0]
+    Each problem has its own ``mask_mod`` and shapes, so each recompiles anyway; resetting dynamo
+    first keeps a long suite under dynamo's recompile limit, past which it would silently fall
+    back to eager Flex (which materializes the scores).
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    torch._dynamo.reset()
+    return torch.compile(flex_attention, dynamic=False)
 
 
 class FlexGna:
