@@ -202,7 +202,11 @@ class GnaCute:
 
         if not hasattr(gna_cute, "attention"):
             return "gna_cute.attention is not available yet"
-        return None
+        try:
+            from gna_cute.kernels import interface
+        except ImportError as e:
+            return f"gna_cute.kernels.interface cannot be imported: {e}"
+        return getattr(interface, f"available_sm{_our_arch()}")()
 
     def can_run(self, problem: Problem) -> str | None:
         return None
