@@ -92,9 +92,16 @@ class KernelCache:
     A disk entry that fails to load is treated as a miss and overwritten.
     """
 
-    def __init__(self, name: str, build: Callable[[Hashable], Any], root: Path | None = None):
+    def __init__(
+        self,
+        name: str,
+        build: Callable[[Hashable], Any],
+        root: Path | None = None,
+        uses_tvm_ffi: Callable[[Hashable], bool] = lambda key: False,
+    ):
         self.name = name
         self._build = build
+        self._uses_tvm_ffi = uses_tvm_ffi
         self._root = root
         self._memory: dict[Hashable, Any] = {}
         self._lock = threading.Lock()
@@ -148,8 +155,11 @@ class KernelCache:
         from cutlass import cute
 
         t0 = time.perf_counter()
+        tvm_ffi = self._uses_tvm_ffi(key)
         try:
-            fn = getattr(cute.runtime.load_module(str(obj)), _EXPORT_NAME)
+            if tvm_ffi:
+                _preload_runtime_libraries()
+            fn = getattr(cute.runtime.load_module(str(obj), enable_tvm_ffi=tvm_ffi), _EXPORT_NAME)
         except Exception:  # a truncated or foreign file: recompile and overwrite it
             return None
         self.stats.disk_loads += 1
@@ -173,7 +183,10 @@ class KernelCache:
         try:
             obj.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=obj.parent) as tmp:
-                fn.export_to_c(tmp, "kernel", _EXPORT_NAME)
+                if self._uses_tvm_ffi(key):  # the TVM-FFI function's export takes the file path
+                    fn.export_to_c(str(Path(tmp) / "kernel.o"), _EXPORT_NAME)
+                else:
+                    fn.export_to_c(tmp, "kernel", _EXPORT_NAME)
                 tmp_key = Path(tmp) / "key"
                 tmp_key.write_text(repr(key))
                 os.replace(tmp_key, key_file)
@@ -183,6 +196,22 @@ class KernelCache:
             self.stats.last_export_error = f"{type(e).__name__}: {e}"
             if self.stats.export_failures == 1:
                 warnings.warn(f"gna_cute: compiled kernel not saved to the disk cache ({e})", stacklevel=3)
+
+
+@lru_cache(maxsize=None)
+def _preload_runtime_libraries() -> None:
+    """Load the DSL runtime with global symbols before linking a TVM-FFI object file.
+
+    ``load_module`` opens the runtime libraries locally; an exported TVM-FFI object then fails to
+    resolve runtime symbols (FlashAttention-4's cache hit the same; it preloads them this way).
+    """
+    import ctypes
+
+    from cutlass import cute
+
+    for path in cute.runtime.find_runtime_libraries(enable_tvm_ffi=False):
+        if Path(path).exists():
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
 
 
 def warm(fn: Callable[[Hashable], Any], keys: Iterable[Hashable], workers: int) -> list[BaseException | None]:

@@ -56,7 +56,10 @@ def _measure(arch: int, repeats: int) -> dict:
         host.append(t1 - t0)
         total.append(t2 - t0)
     stats = interface.CACHE.stats
+    from gna_cute.kernels import cute_tensors
+
     return {
+        "calling": "TVM-FFI" if cute_tensors.use_tvm_ffi() else "DLPack views",
         "first_s": first,
         "host_call_us": 1e6 * statistics.median(host),
         "call_sync_us": 1e6 * statistics.median(total),
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1][6:]))
     cold, warm = runs
     p = _PROBLEM
-    print(f"problem: 2D {p['spatial']}, window {p['kernel_size']}, B=2, H={p['heads']}, D={p['dim']}, fp16, sm{opts.arch}")
+    print(f"problem: 2D {p['spatial']}, window {p['kernel_size']}, B=2, H={p['heads']}, D={p['dim']}, fp16, "
+          f"sm{opts.arch}, calling convention: {cold['calling']}")
     print("| call | time | of which |")
     print("| --- | --- | --- |")
     print(f"| first call, empty cache | {cold['first_s']:.2f} s | compile + export {cold['compile_s']:.2f} s |")

@@ -10,6 +10,8 @@ synchronizes with the host, so calls can be captured in CUDA graphs and traced b
 
 from __future__ import annotations
 
+import os
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -69,11 +71,28 @@ def fake_tensor(dtype: str, rank: int) -> Any:
     return make_fake_tensor(cute_dtype(dtype), shape, stride, assumed_align=ALIGN_BYTES)
 
 
-def fake_stream() -> Any:
-    """Compile-time placeholder of the launch stream."""
+@lru_cache(maxsize=None)
+def use_tvm_ffi() -> bool:
+    """Whether kernels are compiled for the DSL's TVM-FFI calling convention.
+
+    With it, a call takes the torch tensors themselves and torch's current stream (no DLPack views
+    built in Python: about 10x less host time per call); without it (``apache-tvm-ffi`` not
+    installed, or ``GNA_CUTE_TVM_FFI=0``), calls pass :func:`to_cute` views and the stream.
+    """
+    if os.environ.get("GNA_CUTE_TVM_FFI", "1") in ("0", "false", "False"):
+        return False
+    try:
+        import tvm_ffi  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fake_stream(tvm_ffi: bool = False) -> Any:
+    """Compile-time placeholder of the launch stream (under TVM-FFI: the caller's current stream)."""
     from cutlass.cute.runtime import make_fake_stream
 
-    return make_fake_stream()
+    return make_fake_stream(use_tvm_ffi_env_stream=tvm_ffi)
 
 
 def current_stream(device: torch.device) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -151,11 +152,20 @@ def make_config(args: Any, arch: int, count_tiles: bool = False) -> FwdConfig:
     )
 
 
-def _build(cfg: FwdConfig) -> Any:
-    """``cute.compile`` the kernel for ``cfg`` with placeholder tensors (no GPU needed)."""
+@dataclass(frozen=True)
+class CompileKey:
+    """What one compiled kernel is specialized on: the kernel config and the calling convention."""
+
+    cfg: FwdConfig
+    tvm_ffi: bool
+
+
+def _build(key: CompileKey) -> Any:
+    """``cute.compile`` the kernel for ``key`` with placeholder tensors (no GPU needed)."""
     import cutlass
     import cutlass.cute as cute
 
+    cfg = key.cfg
     rank = cfg.rank
     fake = cute_tensors.fake_tensor
     kernel = _kernel_class(cfg.arch)(cfg)
@@ -168,20 +178,25 @@ def _build(cfg: FwdConfig) -> Any:
         fake("float32", rank + 2),  # lse [B, *spatial, H]
         fake("int32", 2 * rank + 1),  # counts (2, *dilation, *tiles)
         cutlass.Float32(1.0),
-        cute_tensors.fake_stream(),
+        cute_tensors.fake_stream(key.tvm_ffi),
+        options="--enable-tvm-ffi" if key.tvm_ffi else "",
     )
 
 
-CACHE = compile_cache.KernelCache("fwd", _build)
+CACHE = compile_cache.KernelCache("fwd", _build, uses_tvm_ffi=lambda key: key.tvm_ffi)
+
+
+def compile_key(cfg: FwdConfig) -> CompileKey:
+    return CompileKey(cfg, cute_tensors.use_tvm_ffi())
 
 
 def compiled_kernel(cfg: FwdConfig) -> Any:
     """The compiled kernel for ``cfg``: from memory, from disk, or compiled now."""
-    return CACHE.get(cfg)
+    return CACHE.get(compile_key(cfg))
 
 
-def _warm_one(cfg: FwdConfig) -> None:
-    CACHE.get(cfg)
+def _warm_one(key: CompileKey) -> None:
+    CACHE.get(key)
 
 
 def warm(configs: Iterable[FwdConfig], workers: int | None = None) -> list[BaseException | None]:
@@ -190,10 +205,12 @@ def warm(configs: Iterable[FwdConfig], workers: int | None = None) -> list[BaseE
     For test sweeps and deployments that know their configurations ahead of time; the calls that
     follow load from disk instead of compiling.  Needs the disk cache enabled.
     """
-    configs = [c for c in dict.fromkeys(configs) if c not in CACHE]
+    keys = [compile_key(c) for c in configs]
+    todo = [k for k in dict.fromkeys(keys) if k not in CACHE]
     if workers is None:
-        workers = max(1, min(len(configs), (os.cpu_count() or 2) - 1))
-    return compile_cache.warm(_warm_one, configs, workers)
+        workers = max(1, min(len(todo), (os.cpu_count() or 2) - 1))
+    errors = dict(zip(todo, compile_cache.warm(_warm_one, todo, workers)))
+    return [errors.get(k) for k in keys]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,20 +237,18 @@ def _launch(args: Any, arch: int, count_tiles: bool) -> tuple[torch.Tensor, torc
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     shape = counts_shape(args.params, cfg.q_tile_shape) if count_tiles else (1,) * (2 * cfg.rank + 1)
     counts = torch.zeros(shape, dtype=torch.int32, device=q.device)
-    to_cute = cute_tensors.to_cute
-    import cutlass
-
+    scale_log2 = args.scale * math.log2(math.e)
     with torch.cuda.device(q.device):
-        kernel(
-            to_cute(q),
-            to_cute(k),
-            to_cute(v),
-            to_cute(out),
-            to_cute(lse),
-            to_cute(counts),
-            cutlass.Float32(args.scale * math.log2(math.e)),
-            cute_tensors.current_stream(q.device),
-        )
+        if cute_tensors.use_tvm_ffi():  # tensors as they are; the stream is torch's current one
+            kernel(q, k, v, out, lse, counts, scale_log2)
+        else:
+            import cutlass
+
+            to_cute = cute_tensors.to_cute
+            kernel(
+                to_cute(q), to_cute(k), to_cute(v), to_cute(out), to_cute(lse), to_cute(counts),
+                cutlass.Float32(scale_log2), cute_tensors.current_stream(q.device),
+            )  # fmt: skip
     return out, lse, counts
 
 
