@@ -28,6 +28,7 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.utils import LayoutEnum
 
+from gna_cute.kernels import tile_views
 from gna_cute.kernels.config import FwdConfig
 from gna_cute.kernels.mask import RowWindows
 from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
@@ -37,11 +38,6 @@ _DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
 _SMEM_BUDGET = 220 * 1024
 _EPILOGUE_BARRIER = 1
 _SCHED_BARRIER = 2  # and 3: one per consumer warpgroup, for taking turns issuing GEMMs
-
-
-def _rev(xs: list) -> Any:
-    """Spatial coordinates in view order (last spatial dim first); a scalar for rank 1."""
-    return tuple(reversed(xs)) if len(xs) > 1 else xs[0]
 
 
 def _frag_a_view(acc: cute.Tensor) -> cute.Tensor:
@@ -111,28 +107,10 @@ class GNAFwdSm90:
 
     # ------------------------------------------------------------------ host side
     def _token_view(self, t: cute.Tensor) -> cute.Tensor:
-        """``[B, *spatial, H, D]`` -> ``(tokens, D, H, [groups,] B)``; tokens in-group, last dim first."""
-        n = self.rank
-        shp, std = t.shape, t.stride
-        dil = self.cfg.dilation
-        tok_shape = [shp[1 + i] // dil[i] for i in range(n)]
-        tok_stride = [std[1 + i] * dil[i] for i in range(n)]
-        shape = [_rev(tok_shape), shp[n + 2], shp[n + 1]]
-        stride = [_rev(tok_stride), std[n + 2], std[n + 1]]
-        if const_expr(self.has_groups):
-            shape.append(_rev([dil[i] for i in range(n)]))
-            stride.append(_rev([std[1 + i] for i in range(n)]))
-        shape.append(shp[0])
-        stride.append(std[0])
-        return cute.make_tensor(t.iterator, cute.make_layout(tuple(shape), stride=tuple(stride)))
+        return tile_views.token_view(t, self.rank, self.cfg.dilation)
 
     def _tile_coord(self, tile: list, head: Int32, group: list, batch: Int32) -> tuple:
-        """Coordinate of one tile in the zipped-divided token view."""
-        rest = [_rev(tile), 0, head]
-        if const_expr(self.has_groups):
-            rest.append(_rev(group))
-        rest.append(batch)
-        return (None, tuple(rest))
+        return tile_views.tile_coord(tile, head, group, batch, self.has_groups)
 
     def _smem_layout(self, rows: int, cols: int, stages: int | None) -> Any:
         atom = warpgroup.make_smem_layout_atom(
@@ -175,10 +153,10 @@ class GNAFwdSm90:
         n = self.rank
         self._make_layouts()
 
-        tiler_q = (_rev(list(self.cfg.q_tile_shape)), self.hdim)
-        tiler_kv = (_rev(list(self.cfg.kv_tile_shape)), self.hdim)
-        tiler_v = (_rev(list(self.cfg.kv_tile_shape)), self.hdimv)
-        tiler_o = (_rev(list(self.cfg.q_tile_shape)), self.hdimv)
+        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
+        tiler_kv = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
+        tiler_v = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdimv)
+        tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdimv)
         load_op = cpasync.CopyBulkTensorTileG2SOp()
         tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load_op, self._token_view(mQ), self.sQ_layout, tiler_q)
         tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(
@@ -297,9 +275,9 @@ class GNAFwdSm90:
         pipe_q: Any, pipe_k: Any, pipe_v: Any,
     ):
         """Producer warp: Q once, then K and V of every scheduled KV tile, in schedule order."""
-        tiler_q = (_rev(list(self.cfg.q_tile_shape)), self.hdim)
-        tiler_k = (_rev(list(self.cfg.kv_tile_shape)), self.hdim)
-        tiler_v = (_rev(list(self.cfg.kv_tile_shape)), self.hdimv)
+        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
+        tiler_k = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
+        tiler_v = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdimv)
         gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
         tQsQ, tQgQ = cpasync.tma_partition(
             tma_atom_Q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2), gQ
@@ -495,7 +473,7 @@ class GNAFwdSm90:
 
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         if warp_idx == 4:
-            tiler_o = (_rev(list(self.cfg.q_tile_shape)), self.hdimv)
+            tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdimv)
             gO = cute.zipped_divide(tma_O, tiler_o)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
             tOsO, tOgO = cpasync.tma_partition(
                 tma_atom_O, 0, cute.make_layout(1), cute.group_modes(sO, 0, 2), gO
