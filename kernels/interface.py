@@ -240,7 +240,7 @@ def _launch(args: Any, arch: int, count_tiles: bool) -> tuple[torch.Tensor, torc
     scale_log2 = args.scale * math.log2(math.e)
     with torch.cuda.device(q.device):
         if cute_tensors.use_tvm_ffi():  # tensors as they are; the stream is torch's current one
-            kernel(q, k, v, out, lse, counts, scale_log2)
+            kernel(q.detach(), k.detach(), v.detach(), out, lse, counts, scale_log2)
         else:
             import cutlass
 
