@@ -53,7 +53,7 @@ def _prod(xs: tuple[int, ...]) -> int:
     return out
 
 
-# Q and KV tile shapes the Hopper kernel is built and tested for, per rank (products 128 / 64).
+# Q and KV tile shapes the Hopper kernel is built for, per rank (products 128 / 64); sm100 reuses them.
 _SM90_Q_TILES: dict[int, tuple[tuple[int, ...], ...]] = {
     1: ((128,),),
     2: ((16, 8), (8, 16), (32, 4), (4, 32)),
@@ -70,11 +70,19 @@ _SM90_HEAD_DIMS = (32, 64, 128)
 def supported_tile_shapes(arch: int, rank: int, head_dim: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Every ``(q_tile_shape, kv_tile_shape)`` pair the kernel for ``arch`` compiles for.
 
+    Blackwell (100) takes the Hopper boxes (Q tiles of 128 tokens) with KV tiles of 64 or 128.
+
     Empty when the arch, rank or head dim is not supported (the caller turns that into a reason).
     """
-    if arch != 90 or rank not in _SM90_Q_TILES or head_dim not in _SM90_HEAD_DIMS:
+    if arch not in (90, 100) or rank not in _SM90_Q_TILES or head_dim not in _SM90_HEAD_DIMS:
         return []
-    return [(q, kv) for q in _SM90_Q_TILES[rank] for kv in _SM90_KV_TILES[rank]]
+    kv_sizes = (64, 128) if arch == 100 else None  # one tcgen05 MMA: N of 64 or 128
+    return [
+        (q, kv)
+        for q in _SM90_Q_TILES[rank]
+        for kv in _SM90_KV_TILES[rank]
+        if kv_sizes is None or _prod(kv) in kv_sizes
+    ]
 
 
 def default_tile_shapes(arch: int, rank: int, head_dim: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
