@@ -292,21 +292,36 @@ class GNAFwdSm90:
         pipe_q.producer_acquire(q_state)
         cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
 
-        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
-        for j in cutlass.range(work.num_kv_tiles, unroll=1):
-            kv = work.kv_tile(j)
-            coord = self._tile_coord(kv, head_kv, work.group, batch)[1]
-            pipe_k.producer_acquire(kv_state)
-            cute.copy(
-                tma_atom_K, tKgK[None, coord], tKsK[None, kv_state.index],
-                tma_bar_ptr=pipe_k.producer_get_barrier(kv_state),
-            )
-            pipe_v.producer_acquire(kv_state)
-            cute.copy(
-                tma_atom_V, tVgV[None, coord], tVsV[None, kv_state.index],
-                tma_bar_ptr=pipe_v.producer_get_barrier(kv_state),
-            )
-            kv_state.advance()
+        load_k = (tma_atom_K, tKgK, tKsK, pipe_k, work, head_kv, batch)
+        load_v = (tma_atom_V, tVgV, tVsV, pipe_v, work, head_kv, batch)
+        if const_expr(not self.overlap):
+            kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+            for j in cutlass.range(work.num_kv_tiles, unroll=1):
+                self._load_kv(*load_k, j, kv_state)
+                self._load_kv(*load_v, j, kv_state)
+                kv_state.advance()
+        else:
+            # The overlapped consumer needs K(j) before V(j-1): issue K one tile ahead of V, or
+            # V's stage releases (one tile later than K's) would throttle the K prefetch.
+            k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+            v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+            self._load_kv(*load_k, 0, k_state)
+            k_state.advance()
+            for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
+                self._load_kv(*load_k, j, k_state)
+                k_state.advance()
+                self._load_kv(*load_v, j - 1, v_state)
+                v_state.advance()
+            self._load_kv(*load_v, work.num_kv_tiles - 1, v_state)
+
+    def _load_kv(
+        self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, work: QTileWork,
+        head_kv: Int32, batch: Int32, j: Int32, state: Any,
+    ) -> None:
+        """Acquire a stage and TMA-load the ``j``-th scheduled K or V tile into it."""
+        coord = self._tile_coord(work.kv_tile(j), head_kv, work.group, batch)[1]
+        pipe.producer_acquire(state)
+        cute.copy(atom, tXgX[None, coord], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
 
     @cute.jit
     def consume(
