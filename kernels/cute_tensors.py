@@ -77,10 +77,10 @@ def use_tvm_ffi() -> bool:
 
     With it, a call takes the torch tensors themselves and torch's current stream (no DLPack views
     built in Python: about 10x less host time per call); without it (``apache-tvm-ffi`` not
-    installed, or ``GNA_CUTE_TVM_FFI`` unset or 0), calls pass :func:`to_cute` views and the stream.
-    Opt-in (``GNA_CUTE_TVM_FFI=1``) until it has passed the GPU suite.
+    installed, or ``GNA_CUTE_TVM_FFI=0``), calls pass :func:`to_cute` views and the stream.
+    Both conventions passed the whole sm90 GPU suite on the H100.
     """
-    if os.environ.get("GNA_CUTE_TVM_FFI", "0") in ("0", "", "false", "False"):
+    if os.environ.get("GNA_CUTE_TVM_FFI", "1") in ("0", "false", "False"):
         return False
     try:
         import tvm_ffi  # noqa: F401
