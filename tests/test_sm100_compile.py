@@ -1,6 +1,6 @@
 """CPU, in CI: the Blackwell kernel compiles for sm_100a with no GPU; its SASS is a Blackwell FMHA's.
 
-A sampled matrix (each rank; fp16 and bf16; head dim 64 and 128; causal and not; stride > 1;
+A sampled matrix (each rank; fp16 and bf16; head dim 32, 64 and 128; causal and not; stride > 1;
 dilation > 1; both KV tile sizes) is compiled in one sm_100a process with SASS dumps on; each
 kernel must contain tcgen05 MMA (``UTCHMMA``), tensor-memory loads and stores (``LDTM``/``STTM``)
 and TMA loads (``UTMALDG``).  A second process targeting sm_90a must refuse it with a clear error.
@@ -27,7 +27,7 @@ def _cfg(dtype, head_dim, kernel_size, stride, dilation, is_causal, kv_tile=None
 
 CONFIGS = [
     _cfg("float16", 128, (64,), (1,), (1,), (True,)),
-    _cfg("bfloat16", 64, (9,), (3,), (2,), (False,)),
+    _cfg("bfloat16", 32, (9,), (3,), (2,), (False,)),
     _cfg("float16", 64, (7, 5), (2, 1), (1, 2), (False, True)),
     _cfg("bfloat16", 128, (8, 8), (8, 8), (1, 1), (False, False), kv_tile=(8, 8)),
     _cfg("bfloat16", 64, (3, 4, 5), (1, 2, 1), (2, 1, 1), (True, False, False)),
