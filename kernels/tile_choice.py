@@ -1,0 +1,125 @@
+"""Pick the (Q tile, KV tile) shapes of a problem with the simulator's tile counts.
+
+Which tiling is fastest depends on the window: a KV tile that matches the window edges leaves
+fewer masked and fewer wasted pairs, a smaller KV tile wastes less at the edges but pays the
+per-tile overhead more often.  The simulator counts, exactly and in milliseconds, how many tile
+pairs each supported tiling visits and how many of them need an element mask; a small cost model
+turns those counts into a relative time, and the cheapest supported tiling wins.
+
+Cost of one (batch, head), in units of one KV token of an unmasked tile pair::
+
+    cost = (full + (1 + MASK_FACTOR) * partial) * (kv_tile_tokens + TILE_OVERHEAD)
+           + Q_TILE_OVERHEAD * q_tiles
+
+Every Q tile holds 128 tokens on both architectures, so the Q tile size is a common factor and
+drops out; head dim scales every term alike and drops out too.  The constants are measured on the
+H100 (``docs/sm90-kernel.md``, "Tile-choice constants"):
+
+* ``MASK_FACTOR`` -- a masked pair costs ~1.2x a full one (2D 256^2 w=80 s=1 vs s=16 with the
+  same 16x8/16x8 tiles, fitted with ``gna_cute.sim.fit_mask_factor``).
+* ``TILE_OVERHEAD`` -- the part of a tile pair's time that does not shrink with the KV tile
+  (pipeline waits, the O rescale, the row-max reduction), in KV tokens: from dense attention timed
+  with KV tiles of 64 and of 128 (per-pair time ratio ``r`` gives ``(128 r - 64) / (1 - r)``).
+* ``Q_TILE_OVERHEAD`` -- prologue (Q load, first K) and epilogue (O store) of one CTA, in the same
+  units.  Only matters when tilings differ in their number of non-empty Q tiles.
+
+Ties (within ``TIE_TOLERANCE``) go to the kernel's default tiling, then to the earlier entry of
+``config.supported_tile_shapes``: the choice is deterministic and stable under rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from math import prod
+
+from gna_cute.params import GNAParams
+from gna_cute.kernels import config
+
+#: Extra cost of a masked tile pair, relative to an unmasked one of the same shape.
+MASK_FACTOR = 0.2
+#: Fixed cost of one tile pair, in KV tokens (see the module docstring for how it is measured).
+TILE_OVERHEAD = 32.0
+#: Fixed cost of one Q tile (CTA prologue + epilogue), in KV tokens.
+Q_TILE_OVERHEAD = 256.0
+#: Relative cost difference under which two tilings count as equally fast.
+TIE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """The constants of the cost formula (frozen: part of the choice's cache key)."""
+
+    mask_factor: float = MASK_FACTOR
+    tile_overhead: float = TILE_OVERHEAD
+    q_tile_overhead: float = Q_TILE_OVERHEAD
+
+    def __post_init__(self) -> None:
+        for name in ("mask_factor", "tile_overhead", "q_tile_overhead"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}={value!r} must be a number >= 0")
+
+
+@dataclass(frozen=True)
+class TileCost:
+    """One candidate tiling with the counts behind its cost."""
+
+    q_tile_shape: tuple[int, ...]
+    kv_tile_shape: tuple[int, ...]
+    full: int
+    partial: int
+    q_tiles: int
+    block_sparse: bool
+    cost: float  # KV-token units per (batch, head)
+
+
+def tile_cost(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...],
+              model: CostModel = CostModel()) -> TileCost:
+    """The modelled cost of one tiling of ``params`` (simulator counts, no GPU)."""
+    from gna_cute.sim import Tiling, simulate  # numpy only; imported late to keep this module light
+
+    stats = simulate(params, Tiling(tuple(q_tile_shape), tuple(kv_tile_shape)))
+    per_pair = prod(kv_tile_shape) + model.tile_overhead
+    cost = ((stats.full + (1.0 + model.mask_factor) * stats.partial) * per_pair
+            + model.q_tile_overhead * stats.q_tiles)
+    return TileCost(tuple(q_tile_shape), tuple(kv_tile_shape), stats.full, stats.partial,
+                    stats.q_tiles, stats.block_sparse, cost)
+
+
+def rank_tilings(arch: int, params: GNAParams, head_dim: int,
+                 model: CostModel = CostModel()) -> list[TileCost]:
+    """Every supported tiling of ``params`` on ``arch``, cheapest first (ties as documented)."""
+    if not isinstance(params, GNAParams):
+        raise TypeError(f"params must be a GNAParams, got {type(params).__name__}")
+    for name, value in (("arch", arch), ("head_dim", head_dim)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+    supported = config.supported_tile_shapes(arch, params.rank, head_dim)
+    if not supported:
+        raise ValueError(
+            f"arch={arch}, rank={params.rank}, head_dim={head_dim}: the kernel supports no tile shapes"
+        )
+    default = config.default_tile_shapes(arch, params.rank, head_dim)
+    costs = [tile_cost(params, q, kv, model) for q, kv in supported]
+    best = min(c.cost for c in costs)
+
+    def key(item: tuple[int, TileCost]) -> tuple:
+        i, c = item
+        if c.cost <= best * (1.0 + TIE_TOLERANCE):  # tied with the best: default, then list order
+            return (0, (c.q_tile_shape, c.kv_tile_shape) != default, 0.0, i)
+        return (1, False, c.cost, i)
+
+    return [c for _, c in sorted(enumerate(costs), key=key)]
+
+
+@lru_cache(maxsize=1024)
+def choose_tile_shapes(arch: int, params: GNAParams, head_dim: int,
+                       model: CostModel = CostModel()) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The cheapest supported ``(q_tile_shape, kv_tile_shape)`` for ``params`` on ``arch``.
+
+    Cached per (arch, params, head_dim, model): the simulator takes milliseconds, a repeated call
+    a dictionary lookup.  Raises ValueError when the kernel supports no tiles for this problem.
+    """
+    best = rank_tilings(arch, params, head_dim, model)[0]
+    return best.q_tile_shape, best.kv_tile_shape

@@ -1,0 +1,149 @@
+"""CPU: the simulator-driven tile choice (kernels/tile_choice.py) and its use as the host default.
+
+The block-sparse checks use a brute force written here from the definition (every query's window
+per dim, then "is every (Q tile, KV tile) pair either untouched or entirely visible"), not the
+simulator the chooser is built on.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from brute_force import neighborhood_mask
+from gna_cute.backends import AttentionArgs
+from gna_cute.kernels import config, interface, tile_choice
+from gna_cute.params import GNAParams
+
+
+def _tile_blocks(spatial: tuple[int, ...], tile: tuple[int, ...]) -> np.ndarray:
+    """Row-major token index -> tile id for a box tiling of the spatial grid (no dilation)."""
+    coords = np.array(list(itertools.product(*[range(n) for n in spatial])))
+    per_dim = [-(-n // t) for n, t in zip(spatial, tile)]
+    ids = np.zeros(len(coords), dtype=np.int64)
+    for i, t in enumerate(tile):
+        ids = ids * per_dim[i] + coords[:, i] // t
+    return ids
+
+
+def _is_block_sparse(params: GNAParams, q_tile, kv_tile) -> bool:
+    """Brute force: every (Q tile, KV tile) block of the dense mask is all-False or all-True, and
+    the tiles divide the axes (a padded slot would need a mask)."""
+    spatial = params.spatial_shape
+    if any(n % t for n, t in zip(spatial, q_tile)) or any(n % t for n, t in zip(spatial, kv_tile)):
+        return False
+    mask = neighborhood_mask(spatial, params.kernel_size, params.stride, params.dilation, params.is_causal)
+    qb, kb = _tile_blocks(spatial, q_tile), _tile_blocks(spatial, kv_tile)
+    for a in np.unique(qb):
+        rows = mask[qb == a]
+        for b in np.unique(kb):
+            block = rows[:, kb == b]
+            if block.any() and not block.all():
+                return False
+    return True
+
+
+PROBLEMS = [
+    GNAParams.make((512,), 128, 1),
+    GNAParams.make((512,), 128, 128),
+    GNAParams.make((32, 32), (8, 8), 1),
+    GNAParams.make((32, 32), (16, 16), (16, 16)),
+    GNAParams.make((32, 48), (16, 8), (16, 8), is_causal=(False, True)),
+    GNAParams.make((24, 40), (7, 9), (2, 3), (2, 1)),
+    GNAParams.make((8, 16, 16), (4, 8, 8), (4, 8, 8)),
+    GNAParams.make((6, 10, 12), (3, 5, 5), 1, (1, 2, 1), (True, False, False)),
+]
+
+
+@pytest.mark.parametrize("arch", [90, 100])
+@pytest.mark.parametrize("params", PROBLEMS, ids=lambda p: f"{p.spatial_shape}-{p.kernel_size}-{p.stride}")
+def test_choice_is_supported_and_deterministic(arch: int, params: GNAParams) -> None:
+    choice = tile_choice.choose_tile_shapes(arch, params, 128)
+    supported = config.supported_tile_shapes(arch, params.rank, 128)
+    assert choice in [(tuple(q), tuple(kv)) for q, kv in supported]
+    tile_choice.choose_tile_shapes.cache_clear()
+    assert tile_choice.choose_tile_shapes(arch, params, 128) == choice
+    ranked = tile_choice.rank_tilings(arch, params, 128)
+    assert (ranked[0].q_tile_shape, ranked[0].kv_tile_shape) == choice
+    assert len(ranked) == len(supported)
+    assert all(a.cost <= b.cost * (1 + tile_choice.TIE_TOLERANCE) for a, b in zip(ranked, ranked[1:]))
+
+
+@pytest.mark.parametrize(
+    "spatial, window, stride",
+    [
+        ((1024,), 256, 256),  # blocked attention
+        ((2048,), 512, 128),  # block-sparse well below s = w
+        ((32, 64), (16, 32), (16, 32)),
+        ((32, 32), (16, 16), (16, 16)),
+        ((32, 48), (16, 24), (16, 8)),
+        ((8, 16, 16), (4, 8, 8), (4, 8, 8)),
+    ],
+)
+def test_block_sparse_problems_get_a_block_sparse_tiling(spatial, window, stride) -> None:
+    params = GNAParams.make(spatial, window, stride)
+    supported = config.supported_tile_shapes(90, params.rank, 128)
+    assert any(_is_block_sparse(params, q, kv) for q, kv in supported), "test problem must admit one"
+    q, kv = tile_choice.choose_tile_shapes(90, params, 128)
+    assert _is_block_sparse(params, q, kv), (q, kv)
+
+
+def test_costs_follow_the_documented_formula() -> None:
+    # 1D L=512, w=128, s=128, tiles 128/128: 4 Q tiles x 1 KV tile each, all full (brute force above).
+    params = GNAParams.make((512,), 128, 128)
+    assert _is_block_sparse(params, (128,), (128,))
+    c = tile_choice.tile_cost(params, (128,), (128,))
+    assert (c.full, c.partial, c.q_tiles, c.block_sparse) == (4, 0, 4, True)
+    m = tile_choice.CostModel(mask_factor=0.5, tile_overhead=10.0, q_tile_overhead=100.0)
+    assert tile_choice.tile_cost(params, (128,), (128,), m).cost == pytest.approx(4 * 138 + 4 * 100)
+    # s=1: some pairs are masked and cost (1 + m) times a full one
+    p1 = GNAParams.make((512,), 128, 1)
+    c1 = tile_choice.tile_cost(p1, (128,), (64,), m)
+    assert c1.partial > 0
+    assert c1.cost == pytest.approx((c1.full + 1.5 * c1.partial) * 74 + 100 * c1.q_tiles)
+
+
+def test_overhead_decides_between_kv_sizes() -> None:
+    """1D s=1: small KV tiles waste less at the window edge but pay the per-tile overhead twice
+    as often; with no overhead the 64 tile must win, with a large one the 128 tile."""
+    params = GNAParams.make((4096,), 1000, 1)
+    free = tile_choice.CostModel(tile_overhead=0.0)
+    dear = tile_choice.CostModel(tile_overhead=200.0)
+    assert tile_choice.choose_tile_shapes(90, params, 128, free)[1] == (64,)
+    assert tile_choice.choose_tile_shapes(90, params, 128, dear)[1] == (128,)
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: tile_choice.choose_tile_shapes(90, (64, 64), 128), ["params", "GNAParams"]),
+        (lambda: tile_choice.choose_tile_shapes(90, GNAParams.make((64,), 8), 96), ["head_dim=96"]),
+        (lambda: tile_choice.choose_tile_shapes(80, GNAParams.make((64,), 8), 128), ["arch=80"]),
+        (lambda: tile_choice.choose_tile_shapes("90", GNAParams.make((64,), 8), 128), ["arch", "'90'"]),
+        (lambda: tile_choice.CostModel(mask_factor=-1.0), ["mask_factor=-1.0"]),
+    ],
+)
+def test_bad_input_is_refused_naming_it(call, words) -> None:
+    with pytest.raises((TypeError, ValueError)) as e:
+        call()
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def _args(spatial, window, stride, **tiles) -> AttentionArgs:
+    q = torch.randn(1, *spatial, 2, 64, dtype=torch.float16)
+    params = GNAParams.make(spatial, window, stride)
+    return AttentionArgs(q=q, k=q, v=q, params=params, scale=0.125, **tiles)
+
+
+def test_host_layer_uses_the_choice_by_default() -> None:
+    args = _args((32, 64), (16, 32), (16, 32))
+    cfg = interface.make_config(args, 90)
+    assert (cfg.q_tile_shape, cfg.kv_tile_shape) == tile_choice.choose_tile_shapes(90, args.params, 64)
+    assert interface.problem_reason(args, 90) is None
+    # explicit tiles still win over the choice
+    explicit = _args((32, 64), (16, 32), (16, 32), q_tile_shape=(4, 32), kv_tile_shape=(8, 8))
+    cfg = interface.make_config(explicit, 90)
+    assert (cfg.q_tile_shape, cfg.kv_tile_shape) == ((4, 32), (8, 8))
