@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from gna_cute import neighborhood
-from gna_cute.kernels import compile_cache, config, cute_tensors
+from gna_cute.kernels import compile_cache, config, cute_tensors, tile_choice
 from gna_cute.kernels.config import FwdConfig
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -70,11 +70,10 @@ def _tile_shapes(args: Any, arch: int) -> tuple[tuple[int, ...], tuple[int, ...]
     rank = args.params.rank
     head_dim = args.q.shape[-1]
     q_tile, kv_tile = args.q_tile_shape, args.kv_tile_shape
-    if q_tile is None and kv_tile is None:
-        default = config.default_tile_shapes(arch, rank, head_dim)
-        if default is None:
+    if q_tile is None and kv_tile is None:  # the simulator's cheapest supported tiling (cached)
+        if not config.supported_tile_shapes(arch, rank, head_dim):
             return f"{_ARCH_NAME[arch]} has no tile shapes for rank {rank}, head dim {head_dim}"
-        return tuple(default[0]), tuple(default[1])
+        return tile_choice.choose_tile_shapes(arch, args.params, head_dim)
     if q_tile is None or kv_tile is None:
         return f"q_tile_shape={q_tile} and kv_tile_shape={kv_tile}: give both or neither"
     pair = (tuple(q_tile), tuple(kv_tile))

@@ -89,15 +89,16 @@ def test_cpu_tensors_and_gpu_less_machine_are_refused() -> None:
 
 
 def test_config_carries_the_static_problem() -> None:
-    args = _args(kernel_size=(5, 3), stride=(2, 1), dilation=(2, 1), is_causal=(False, True))
+    tiles = dict(q_tile_shape=(8, 16), kv_tile_shape=(8, 8))  # explicit: the default depends on the size
+    args = _args(kernel_size=(5, 3), stride=(2, 1), dilation=(2, 1), is_causal=(False, True), **tiles)
     cfg = interface.make_config(args, 90)
     assert cfg == FwdConfig(
         arch=90,
         dtype="float16",
         head_dim=64,
         head_dim_v=64,
-        q_tile_shape=cfg.q_tile_shape,
-        kv_tile_shape=cfg.kv_tile_shape,
+        q_tile_shape=(8, 16),
+        kv_tile_shape=(8, 8),
         kernel_size=(5, 3),
         stride=(2, 1),
         dilation=(2, 1),
@@ -105,7 +106,8 @@ def test_config_carries_the_static_problem() -> None:
     )
     # problem sizes are run-time values: another batch / size / head count gives the same key
     assert interface.make_config(_args(spatial=(32, 20), heads=2, kv_heads=1, kernel_size=(5, 3),
-                                       stride=(2, 1), dilation=(2, 1), is_causal=(False, True)), 90) == cfg
+                                       stride=(2, 1), dilation=(2, 1), is_causal=(False, True), **tiles),
+                                 90) == cfg
 
 
 def test_counts_shape_covers_the_longest_group() -> None:
