@@ -2,24 +2,23 @@
 
 Compile-checked on a CPU only (no Blackwell GPU here); its GPU tests are ready for SM 10.x.
 
-One CTA computes one Q tile (128 in-group tokens of one dilation group, a 1-3 dim box) of one
-(batch, head), with three warp roles:
-- warp 5 (load): Q once, then K and V of every KV tile the shared scheduler names, by TMA straight
+One CTA computes one Q tile (128 or 256 in-group tokens of one dilation group, a 1-3 dim box) of
+one (batch, head).  A 256-token tile is two 128-row halves *in flight at once*: they share every
+K/V load, and while the softmax of one half runs, the tensor cores work on the other.  Roles:
+- load warp: Q once, then K and V of every KV tile the shared scheduler names, by TMA straight
   from the heads-last layout (``tile_views``) into a multi-stage shared-memory pipeline;
-- warp 4 (MMA, one issuing thread): ``S = Q K^T`` into tensor memory, then ``O += P V`` into
-  tensor memory (tcgen05, both operands in shared memory);
-- warps 0-3 (softmax, correction, epilogue; one thread per Q row): read S from tensor memory,
-  mask only partial tiles (window math of ``neighborhood`` via ``scheduler``/``mask``), online
-  softmax in fp32 registers, write P (input dtype) to shared memory, rescale the O row in tensor
-  memory when its max moved; at the end O / sum -> shared memory -> one TMA store of the Q box, and
-  the LSE.
+- MMA warp (one issuing thread): per KV tile ``S_h = Q_h K^T`` for each half into tensor memory,
+  then ``O_h += P_h V`` into tensor memory (tcgen05, both operands in shared memory);
+- one softmax warpgroup per half (one thread per Q row; also correction and epilogue): read S
+  from tensor memory, mask only partial tiles (window math of ``neighborhood`` via
+  ``scheduler``/``mask``), online softmax in fp32 registers, write P (input dtype) to shared
+  memory, rescale the O row in tensor memory when its max moved; at the end O / sum -> shared
+  memory (over Q) -> one TMA store of the Q box, and the LSE.
 
 Hand-offs are mbarrier pipelines: TMA -> MMA (``PipelineTmaUmma``), MMA -> softmax for S and O
-(``PipelineUmmaAsync``, signalled by tcgen05 commit), softmax -> MMA for P (``PipelineAsyncUmma``).
-The MMA warp issues ``S(j+1)`` as soon as the softmax has read ``S(j)`` into registers, so the
-next QK^T overlaps the current tile's exponentials.  What this version does not do yet (the
-Blackwell FMHA's full form): two Q tiles per CTA in flight, a separate correction warpgroup, P kept
-in tensor memory (TS MMA), a lagging max.
+(``PipelineUmmaAsync``, signalled by tcgen05 commit), softmax -> MMA for P (``PipelineAsyncUmma``),
+one S/P/O set per half.  Not yet (the Blackwell FMHA's full form): a separate correction
+warpgroup, P kept in tensor memory (TS MMA), a lagging max.
 """
 
 from __future__ import annotations
@@ -43,11 +42,7 @@ from gna_cute.kernels.softmax import LN2
 
 _DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
 _SMEM_BUDGET = 220 * 1024
-_TILE_M = 128  # one tcgen05 MMA of M = 128: one TMEM lane (and one softmax thread) per Q row
-_SOFTMAX_WARPS = (0, 1, 2, 3)
-_MMA_WARP = 4
-_LOAD_WARP = 5
-_NUM_THREADS = 32 * 6
+_ROWS = 128  # one tcgen05 MMA of M = 128 per half: one TMEM lane (one softmax thread) per Q row
 _TMEM_BARRIER = 1  # softmax warpgroup + MMA warp: the TMEM base address is published
 _EPILOGUE_BARRIER = 2  # softmax warpgroup: O tile in shared memory
 _O_CHUNK = 32  # TMEM columns of O per load/store round trip
@@ -78,8 +73,8 @@ class GNAFwdSm100:
             raise ValueError(f"cfg.dtype={cfg.dtype!r} must be one of {list(_DTYPES)}")
         if cfg.head_dim != cfg.head_dim_v or cfg.head_dim not in (32, 64, 128):
             raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in (32, 64, 128)")
-        if cfg.q_tile_size != _TILE_M:
-            raise ValueError(f"q_tile_shape={cfg.q_tile_shape} must hold {_TILE_M} tokens (one MMA of M = 128)")
+        if cfg.q_tile_size not in (_ROWS, 2 * _ROWS):
+            raise ValueError(f"q_tile_shape={cfg.q_tile_shape} must hold 128 or 256 tokens (1 or 2 MMAs of M = 128)")
         if cfg.kv_tile_size not in (64, 128):
             raise ValueError(f"kv_tile_shape={cfg.kv_tile_shape} must hold 64 or 128 tokens")
         target = _dsl_target()
@@ -95,12 +90,27 @@ class GNAFwdSm100:
         self.tile_n = cfg.kv_tile_size
         self.hdim = cfg.head_dim
         self.dilated = any(d > 1 for d in cfg.dilation)
-        self.tmem_s = 0
-        self.tmem_o = self.tile_n
-        self.tmem_cols = _tmem_columns(self.tile_n + self.hdim)
-        fixed = (_TILE_M * self.hdim + _TILE_M * self.tile_n) * 2  # Q (reused for O) and P
+        self.halves = cfg.q_tile_size // _ROWS
+        # warps 0 .. 4*halves-1: one softmax warpgroup per half, then the MMA warp and the load warp.
+        # No register reallocation (setmaxnreg): with it ptxas refuses (C7600) rather than spills
+        # the 128-column score row; without it the softmax threads get 168-255 registers.
+        self.mma_warp = 4 * self.halves
+        self.load_warp = self.mma_warp + 1
+        self.num_threads = 32 * (self.mma_warp + 2)
+        # TMEM columns: S of each half, then O of each half
+        self.tmem_s = [h * self.tile_n for h in range(self.halves)]
+        self.tmem_o = [self.halves * self.tile_n + h * self.hdim for h in range(self.halves)]
+        self.tmem_cols = _tmem_columns(self.halves * (self.tile_n + self.hdim))
+        if self.tmem_cols > 512:
+            raise ValueError(f"{cfg}: S and O of {self.halves} halves need {self.tmem_cols} TMEM columns > 512")
+        fixed = (cfg.q_tile_size * self.hdim + self.halves * _ROWS * self.tile_n) * 2  # Q (reused for O), P
         per_stage = self.tile_n * self.hdim * 2 * 2  # K and V
-        self.num_stages = max(2, min(4, (_SMEM_BUDGET - fixed) // per_stage))
+        self.num_stages = min(4, (_SMEM_BUDGET - fixed) // per_stage)
+        if self.num_stages < 2:
+            raise ValueError(
+                f"q_tile_shape={cfg.q_tile_shape}, kv_tile_shape={cfg.kv_tile_shape}, head_dim={self.hdim}: "
+                f"shared memory holds fewer than 2 K/V stages; use a KV tile of 64 tokens"
+            )
 
     # ------------------------------------------------------------------ layouts and MMAs
     def _smem_layout(self, rows: int, cols: int, stages: int | None) -> Any:
@@ -113,10 +123,10 @@ class GNAFwdSm100:
 
     def _make_layouts(self) -> None:
         """Static smem layouts (rebuilt wherever used: host and device are separate IR)."""
-        self.sQ_layout = self._smem_layout(_TILE_M, self.hdim, None)
+        self.sQ_layout = self._smem_layout(self.cfg.q_tile_size, self.hdim, None)
         self.sK_layout = self._smem_layout(self.tile_n, self.hdim, self.num_stages)
         self.sV_layout = self._smem_layout(self.tile_n, self.hdim, self.num_stages)
-        self.sP_layout = self._smem_layout(_TILE_M, self.tile_n, None)
+        self.sP_layout = self._smem_layout(_ROWS, self.tile_n, self.halves)  # one P tile per half
 
     def _make_mmas(self) -> tuple[cute.TiledMma, cute.TiledMma]:
         """S = Q K^T (both K-major) and O = P V (V MN-major), accumulating in tensor memory.
@@ -125,11 +135,11 @@ class GNAFwdSm100:
         """
         mma_qk = sm100_utils.make_trivial_tiled_mma(
             self.dtype, self.dtype, OperandMajorMode.K, OperandMajorMode.K, Float32,
-            tcgen05.CtaGroup.ONE, (_TILE_M, self.tile_n),
+            tcgen05.CtaGroup.ONE, (_ROWS, self.tile_n),
         )  # fmt: skip
         mma_pv = sm100_utils.make_trivial_tiled_mma(
             self.dtype, self.dtype, OperandMajorMode.K, OperandMajorMode.MN, Float32,
-            tcgen05.CtaGroup.ONE, (_TILE_M, self.hdim),
+            tcgen05.CtaGroup.ONE, (_ROWS, self.hdim),
         )  # fmt: skip
         return mma_qk, mma_pv
 
@@ -167,15 +177,16 @@ class GNAFwdSm100:
         self.tx_q = cute.size_in_bytes(self.dtype, self.sQ_layout)
         self.tx_kv = cute.size_in_bytes(self.dtype, cute.select(self.sK_layout, mode=[0, 1]))
         stages = self.num_stages
+        halves = self.halves
 
         @cute.struct
         class SharedStorage:
             mbar_q: cute.struct.MemRange[cutlass.Int64, 2]
             mbar_k: cute.struct.MemRange[cutlass.Int64, 2 * stages]
             mbar_v: cute.struct.MemRange[cutlass.Int64, 2 * stages]
-            mbar_s: cute.struct.MemRange[cutlass.Int64, 2]
-            mbar_p: cute.struct.MemRange[cutlass.Int64, 2]
-            mbar_o: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_s: cute.struct.MemRange[cutlass.Int64, 2 * halves]
+            mbar_p: cute.struct.MemRange[cutlass.Int64, 2 * halves]
+            mbar_o: cute.struct.MemRange[cutlass.Int64, 2 * halves]
             tmem_base: Int32
             sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sQ_layout)], 1024]
             sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sK_layout)], 1024]
@@ -188,7 +199,10 @@ class GNAFwdSm100:
         self.kernel(
             tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V, tma_V, tma_atom_O, tma_O,
             mLSE, mCounts, mK.shape[n + 1], scale_log2,
-        ).launch(grid=grid, block=[_NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(), stream=stream)  # fmt: skip
+        ).launch(
+            grid=grid, block=[self.num_threads, 1, 1], smem=SharedStorage.size_in_bytes(), stream=stream,
+            min_blocks_per_mp=1,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ device side
     @cute.kernel
@@ -210,13 +224,13 @@ class GNAFwdSm100:
         n = self.rank
         self._make_layouts()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
-        if warp_idx == _LOAD_WARP:
+        if warp_idx == self.load_warp:
             for atom in (tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O):
                 cpasync.prefetch_descriptor(atom)
 
         storage = cutlass.utils.SmemAllocator().allocate(self.shared_storage)
         one = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
-        rows = pipeline.CooperativeGroup(pipeline.Agent.Thread, _TILE_M)
+        rows = pipeline.CooperativeGroup(pipeline.Agent.Thread, _ROWS)
         pipe_q = pipeline.PipelineTmaUmma.create(
             barrier_storage=storage.mbar_q.data_ptr(), num_stages=1, producer_group=one,
             consumer_group=one, tx_count=self.tx_q, defer_sync=True,
@@ -229,18 +243,20 @@ class GNAFwdSm100:
             barrier_storage=storage.mbar_v.data_ptr(), num_stages=self.num_stages, producer_group=one,
             consumer_group=one, tx_count=self.tx_kv, defer_sync=True,
         )  # fmt: skip
-        pipe_s = pipeline.PipelineUmmaAsync.create(
-            barrier_storage=storage.mbar_s.data_ptr(), num_stages=1, producer_group=one,
-            consumer_group=rows, defer_sync=True,
-        )  # fmt: skip
-        pipe_o = pipeline.PipelineUmmaAsync.create(
-            barrier_storage=storage.mbar_o.data_ptr(), num_stages=1, producer_group=one,
-            consumer_group=rows, defer_sync=True,
-        )  # fmt: skip
-        pipe_p = pipeline.PipelineAsyncUmma.create(
-            barrier_storage=storage.mbar_p.data_ptr(), num_stages=1, producer_group=rows,
-            consumer_group=one, defer_sync=True,
-        )  # fmt: skip
+        pipe_s, pipe_o, pipe_p = [], [], []
+        for h in cutlass.range_constexpr(self.halves):  # one S / O / P hand-off per half
+            pipe_s.append(pipeline.PipelineUmmaAsync.create(
+                barrier_storage=storage.mbar_s.data_ptr() + 2 * h, num_stages=1, producer_group=one,
+                consumer_group=rows, defer_sync=True,
+            ))  # fmt: skip
+            pipe_o.append(pipeline.PipelineUmmaAsync.create(
+                barrier_storage=storage.mbar_o.data_ptr() + 2 * h, num_stages=1, producer_group=one,
+                consumer_group=rows, defer_sync=True,
+            ))  # fmt: skip
+            pipe_p.append(pipeline.PipelineAsyncUmma.create(
+                barrier_storage=storage.mbar_p.data_ptr() + 2 * h, num_stages=1, producer_group=rows,
+                consumer_group=one, defer_sync=True,
+            ))  # fmt: skip
         cute.arch.mbarrier_init_fence()
         cute.arch.barrier()
 
@@ -256,24 +272,31 @@ class GNAFwdSm100:
 
         tmem = utils.TmemAllocator(
             storage.tmem_base.ptr,
-            barrier_for_retrieve=pipeline.NamedBarrier(barrier_id=_TMEM_BARRIER, num_threads=_TILE_M + 32),
-            allocator_warp_id=_SOFTMAX_WARPS[0],
+            barrier_for_retrieve=pipeline.NamedBarrier(
+                barrier_id=_TMEM_BARRIER, num_threads=self.halves * _ROWS + 32
+            ),
+            allocator_warp_id=0,
         )
         tmem.allocate(self.tmem_cols)  # by the allocator warp only
-        if warp_idx == _LOAD_WARP:
+        if warp_idx == self.load_warp:
             self.load(work, head, head_kv, batch, tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V, tma_V,
                       sQ, sK, sV, pipe_q, pipe_k, pipe_v)  # fmt: skip
-        if warp_idx == _MMA_WARP:
+        if warp_idx == self.mma_warp:
             tmem.wait_for_alloc()
             tmem_ptr = tmem.retrieve_ptr(Float32)
             self.mma(work, tmem_ptr, sQ, sK, sV, sP, pipe_q, pipe_k, pipe_v, pipe_s, pipe_p, pipe_o)
-        if warp_idx < _MMA_WARP:
+        if warp_idx < self.mma_warp:
             tmem.wait_for_alloc()
             tmem_ptr = tmem.retrieve_ptr(Float32)
             tmem.relinquish_alloc_permit()
-            self.softmax(work, head, batch, tmem_ptr, sQ, sP, pipe_s, pipe_p, pipe_o, tma_atom_O, tma_O,
-                         mLSE, mCounts, scale_log2)  # fmt: skip
-            cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=_TILE_M)
+            if warp_idx < 4:
+                self.softmax(0, work, head, batch, tmem_ptr, sQ, sP, pipe_s[0], pipe_p[0], pipe_o[0],
+                             tma_atom_O, tma_O, mLSE, mCounts, scale_log2)  # fmt: skip
+            if const_expr(self.halves == 2):
+                if warp_idx >= 4:
+                    self.softmax(1, work, head, batch, tmem_ptr, sQ, sP, pipe_s[1], pipe_p[1], pipe_o[1],
+                                 tma_atom_O, tma_O, mLSE, mCounts, scale_log2)  # fmt: skip
+            cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=self.halves * _ROWS)
             tmem.free(tmem_ptr, self.tmem_cols)
 
     # ------------------------------------------------------------------ load warp
@@ -311,13 +334,13 @@ class GNAFwdSm100:
             kv_state.advance()
 
     # ------------------------------------------------------------------ MMA warp
-    def _tmem_tensors(self, tmem_ptr: Any) -> tuple[cute.Tensor, cute.Tensor]:
-        """S (``tile_m x tile_n``) and O (``tile_m x D``) accumulators in tensor memory."""
+    def _tmem_tensors(self, tmem_ptr: Any, half: int) -> tuple[cute.Tensor, cute.Tensor]:
+        """S (``128 x tile_n``) and O (``128 x D``) accumulators of one half in tensor memory."""
         mma_qk, mma_pv = self._make_mmas()
-        tS = mma_qk.make_fragment_C(mma_qk.partition_shape_C((_TILE_M, self.tile_n)))
-        tO = mma_pv.make_fragment_C(mma_pv.partition_shape_C((_TILE_M, self.hdim)))
-        tStS = cute.make_tensor(tmem_ptr + self.tmem_s, tS.layout)
-        tOtO = cute.make_tensor(tmem_ptr + self.tmem_o, tO.layout)
+        tS = mma_qk.make_fragment_C(mma_qk.partition_shape_C((_ROWS, self.tile_n)))
+        tO = mma_pv.make_fragment_C(mma_pv.partition_shape_C((_ROWS, self.hdim)))
+        tStS = cute.make_tensor(tmem_ptr + self.tmem_s[half], tS.layout)
+        tOtO = cute.make_tensor(tmem_ptr + self.tmem_o[half], tO.layout)
         return tStS, tOtO
 
     @cute.jit
@@ -325,18 +348,29 @@ class GNAFwdSm100:
         self, work: QTileWork, tmem_ptr: Any, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
         sP: cute.Tensor, pipe_q: Any, pipe_k: Any, pipe_v: Any, pipe_s: Any, pipe_p: Any, pipe_o: Any,
     ):  # fmt: skip
-        """One thread issues every tcgen05 MMA; commits signal the softmax warpgroup."""
-        tStS, tOtO = self._tmem_tensors(tmem_ptr)
+        """One thread issues every tcgen05 MMA; commits signal the softmax warpgroups.
+
+        Per KV tile: ``S_h = Q_h K^T`` for every half, then ``O_h += P_h V`` for every half, so the
+        tensor cores compute one half's product while the other half's softmax runs.
+        """
         mma_qk, mma_pv = self._make_mmas()
         thr_qk = mma_qk.get_slice(0)
         thr_pv = mma_pv.get_slice(0)
-        tSrQ = mma_qk.make_fragment_A(thr_qk.partition_A(sQ))
         tSrK = mma_qk.make_fragment_B(thr_qk.partition_B(sK))
-        tOrP = mma_pv.make_fragment_A(thr_pv.partition_A(sP))
         sVt = cute.composition(
             sV, cute.make_ordered_layout((self.hdim, self.tile_n, self.num_stages), order=(1, 0, 2))
         )
         tOrV = mma_pv.make_fragment_B(thr_pv.partition_B(sVt))
+        tStS, tOtO, tSrQ, tOrP = [], [], [], []
+        for h in cutlass.range_constexpr(self.halves):
+            s_h, o_h = self._tmem_tensors(tmem_ptr, h)
+            tStS.append(s_h)
+            tOtO.append(o_h)
+            sQ_h = cute.local_tile(sQ, (_ROWS, self.hdim), (h, 0))
+            tSrQ.append(mma_qk.make_fragment_A(thr_qk.partition_A(sQ_h)))
+            tOrP.append(mma_pv.make_fragment_A(thr_pv.partition_A(sP[None, None, h])))
+        num_k_qk = cute.size(tSrQ[0], mode=[2])
+        num_k_pv = cute.size(tOrP[0], mode=[2])
 
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
@@ -346,47 +380,52 @@ class GNAFwdSm100:
         pipe_q.consumer_wait(q_state)
         for j in cutlass.range(work.num_kv_tiles, unroll=1):
             pipe_k.consumer_wait(kv_state)
-            pipe_s.producer_acquire(s_state)  # the softmax has read the previous S
-            mma_qk.set(tcgen05.Field.ACCUMULATE, False)
-            for k in cutlass.range_constexpr(cute.size(tSrQ, mode=[2])):
-                cute.gemm(mma_qk, tStS, tSrQ[None, None, k], tSrK[None, None, k, kv_state.index], tStS)
-                mma_qk.set(tcgen05.Field.ACCUMULATE, True)
-            pipe_s.producer_commit(s_state)
+            for h in cutlass.range_constexpr(self.halves):
+                pipe_s[h].producer_acquire(s_state)  # this half's softmax has read its previous S
+                mma_qk.set(tcgen05.Field.ACCUMULATE, False)
+                for k in cutlass.range_constexpr(num_k_qk):
+                    cute.gemm(mma_qk, tStS[h], tSrQ[h][None, None, k], tSrK[None, None, k, kv_state.index], tStS[h])
+                    mma_qk.set(tcgen05.Field.ACCUMULATE, True)
+                pipe_s[h].producer_commit(s_state)
             s_state.advance()
             pipe_k.consumer_release(kv_state)
 
-            pipe_p.consumer_wait(p_state)  # P written, O rescaled
             pipe_v.consumer_wait(kv_state)
-            pipe_o.producer_acquire(o_state)
-            mma_pv.set(tcgen05.Field.ACCUMULATE, j > 0)
-            for k in cutlass.range_constexpr(cute.size(tOrP, mode=[2])):
-                cute.gemm(mma_pv, tOtO, tOrP[None, None, k], tOrV[None, None, k, kv_state.index], tOtO)
-                mma_pv.set(tcgen05.Field.ACCUMULATE, True)
-            pipe_o.producer_commit(o_state)
+            for h in cutlass.range_constexpr(self.halves):
+                pipe_p[h].consumer_wait(p_state)  # P_h written, O_h rescaled
+                pipe_o[h].producer_acquire(o_state)
+                mma_pv.set(tcgen05.Field.ACCUMULATE, j > 0)
+                for k in cutlass.range_constexpr(num_k_pv):
+                    cute.gemm(mma_pv, tOtO[h], tOrP[h][None, None, k], tOrV[None, None, k, kv_state.index], tOtO[h])
+                    mma_pv.set(tcgen05.Field.ACCUMULATE, True)
+                pipe_o[h].producer_commit(o_state)
+                pipe_p[h].consumer_release(p_state)
             o_state.advance()
-            pipe_v.consumer_release(kv_state)
-            pipe_p.consumer_release(p_state)
             p_state.advance()
+            pipe_v.consumer_release(kv_state)
             kv_state.advance()
 
     # ------------------------------------------------------------------ softmax warpgroup
     @cute.jit
     def softmax(
-        self, work: QTileWork, head: Int32, batch: Int32, tmem_ptr: Any, sQ: cute.Tensor, sP: cute.Tensor,
+        self, half: cutlass.Constexpr, work: QTileWork, head: Int32, batch: Int32, tmem_ptr: Any,
+        sQ: cute.Tensor, sP: cute.Tensor,
         pipe_s: Any, pipe_p: Any, pipe_o: Any, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor,
         mLSE: cute.Tensor, mCounts: cute.Tensor, scale_log2: Float32,
     ):  # fmt: skip
-        """Thread ``t`` owns Q row ``t``: scores, online softmax, P, O rescale, epilogue."""
-        tidx = cute.arch.thread_idx()[0]
-        tStS, tOtO = self._tmem_tensors(tmem_ptr)
+        """Thread ``t`` of this half's warpgroup owns row ``128 * half + t`` of the Q tile."""
+        tidx = cute.arch.thread_idx()[0] - _ROWS * half
+        tStS, tOtO = self._tmem_tensors(tmem_ptr, half)
+        sP = sP[None, None, half]
         tS = tStS[(None, None), 0, 0]
         load_s = tcgen05.make_tmem_copy(
             cute.make_copy_atom(tcgen05.copy.Ld32x32bOp(tcgen05.copy.Repetition(self.tile_n)), Float32), tS
         ).get_slice(tidx)
         tSt = load_s.partition_S(tS)
-        tSc = load_s.partition_D(cute.make_identity_tensor((_TILE_M, self.tile_n)))
+        tSc = load_s.partition_D(cute.make_identity_tensor((_ROWS, self.tile_n)))
         rS = cute.make_rmem_tensor(tSc.shape, Float32)
-        row = tSc[0][0]
+        lane = tSc[0][0]
+        row = lane + _ROWS * half  # in the Q tile
         windows = RowWindows(work, [row])
         kv_tile = self.cfg.kv_tile_shape
         col_in_tile = [split_tile_index(tSc[c][1], kv_tile) for c in range(cute.size(rS))]
@@ -430,7 +469,7 @@ class GNAFwdSm100:
                 o_state.advance()
             pipe_p.producer_acquire(p_state)  # the previous P V has finished reading sP
             for c in cutlass.range_constexpr(cute.size(rS)):
-                sP[row, tSc[c][1]] = rS[c].to(self.dtype)
+                sP[lane, tSc[c][1]] = rS[c].to(self.dtype)
             cute.arch.fence_view_async_shared()
             pipe_p.producer_commit(p_state)
             p_state.advance()
@@ -441,8 +480,8 @@ class GNAFwdSm100:
         lse = -Float32.inf if empty else (row_max * scale_log2 + cute.math.log2(row_sum, fastmath=True)) * LN2
         self._o_row_to_smem(tOtO, tidx, inv_sum, row, sQ)  # every Q K^T is done: sQ holds O now
         cute.arch.fence_view_async_shared()
-        cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=_TILE_M)
-        if tidx == 0:
+        cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=self.halves * _ROWS)
+        if tidx == 0 and half == 0:
             tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
             coord = tile_views.tile_coord(work.q_tile_idx, head, work.group, batch, self.dilated)
             tOsO, tOgO = cpasync.tma_partition(
@@ -454,7 +493,7 @@ class GNAFwdSm100:
             cute.arch.cp_async_bulk_wait_group(0, read=True)
         self._store_lse(work, head, batch, row, lse, mLSE)
         if const_expr(self.cfg.count_tiles):
-            if tidx == 0 and batch == 0 and head == 0:
+            if tidx == 0 and half == 0 and batch == 0 and head == 0:
                 idx = (*work.group, *work.q_tile_idx)
                 mCounts[(0, *idx)] = work.num_kv_tiles
                 mCounts[(1, *idx)] = num_full
@@ -474,11 +513,11 @@ class GNAFwdSm100:
     def _o_chunks(self, tOtO: cute.Tensor, tidx: Int32):
         """Per 32-column chunk of this thread's O row: (tmem load slice, tmem store slice, coords)."""
         tO = tOtO[(None, None), 0, 0]
-        cO = cute.make_identity_tensor((_TILE_M, self.hdim))
+        cO = cute.make_identity_tensor((_ROWS, self.hdim))
         out = []
         for c0 in range(0, self.hdim, _O_CHUNK):
-            t_chunk = cute.local_tile(tO, (_TILE_M, _O_CHUNK), (0, c0 // _O_CHUNK))
-            c_chunk = cute.local_tile(cO, (_TILE_M, _O_CHUNK), (0, c0 // _O_CHUNK))
+            t_chunk = cute.local_tile(tO, (_ROWS, _O_CHUNK), (0, c0 // _O_CHUNK))
+            c_chunk = cute.local_tile(cO, (_ROWS, _O_CHUNK), (0, c0 // _O_CHUNK))
             ld = tcgen05.make_tmem_copy(
                 cute.make_copy_atom(tcgen05.copy.Ld32x32bOp(tcgen05.copy.Repetition(_O_CHUNK)), Float32), t_chunk
             ).get_slice(tidx)

@@ -1,8 +1,8 @@
 """CPU, in CI: the Blackwell kernel compiles for sm_100a with no GPU; its SASS is a Blackwell FMHA's.
 
 A sampled matrix (each rank; fp16 and bf16; head dim 32, 64 and 128; causal and not; stride > 1;
-dilation > 1; both KV tile sizes) is compiled in one sm_100a process with SASS dumps on; each
-kernel must contain tcgen05 MMA (``UTCHMMA``), tensor-memory loads and stores (``LDTM``/``STTM``)
+dilation > 1; Q tiles of 128 and 256 tokens; KV tiles of 64 and 128) is compiled in one sm_100a
+process with SASS dumps on; each kernel must contain tcgen05 MMA (``UTCHMMA``), tensor-memory loads and stores (``LDTM``/``STTM``)
 and TMA loads (``UTMALDG``).  A second process targeting sm_90a must refuse it with a clear error.
 """
 
@@ -15,23 +15,19 @@ from gna_cute.kernels.config import FwdConfig
 
 pytest.importorskip("cutlass")
 
-_Q = {1: (128,), 2: (16, 8), 3: (2, 8, 8)}
-_KV = {1: (128,), 2: (16, 8), 3: (2, 8, 8)}
+def _cfg(dtype, head_dim, kernel_size, stride, dilation, is_causal, q_tile, kv_tile) -> FwdConfig:
+    return FwdConfig(100, dtype, head_dim, head_dim, q_tile, kv_tile, tuple(kernel_size), tuple(stride),
+                     tuple(dilation), tuple(is_causal))  # fmt: skip
 
 
-def _cfg(dtype, head_dim, kernel_size, stride, dilation, is_causal, kv_tile=None) -> FwdConfig:
-    rank = len(kernel_size)
-    return FwdConfig(100, dtype, head_dim, head_dim, _Q[rank], kv_tile or _KV[rank], tuple(kernel_size),
-                     tuple(stride), tuple(dilation), tuple(is_causal))  # fmt: skip
-
-
+# Q tiles of 128 tokens (one softmax warpgroup) and of 256 (two halves in flight); KV 64 or 128.
 CONFIGS = [
-    _cfg("float16", 128, (64,), (1,), (1,), (True,)),
-    _cfg("bfloat16", 32, (9,), (3,), (2,), (False,)),
-    _cfg("float16", 64, (7, 5), (2, 1), (1, 2), (False, True)),
-    _cfg("bfloat16", 128, (8, 8), (8, 8), (1, 1), (False, False), kv_tile=(8, 8)),
-    _cfg("bfloat16", 64, (3, 4, 5), (1, 2, 1), (2, 1, 1), (True, False, False)),
-    _cfg("float16", 128, (3, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False), kv_tile=(2, 4, 8)),
+    _cfg("float16", 128, (64,), (1,), (1,), (True,), (128,), (128,)),
+    _cfg("bfloat16", 32, (9,), (3,), (2,), (False,), (256,), (64,)),
+    _cfg("float16", 64, (7, 5), (2, 1), (1, 2), (False, True), (16, 8), (16, 8)),
+    _cfg("bfloat16", 128, (8, 8), (8, 8), (1, 1), (False, False), (16, 16), (8, 8)),
+    _cfg("bfloat16", 64, (3, 4, 5), (1, 2, 1), (2, 1, 1), (True, False, False), (4, 8, 8), (2, 4, 8)),
+    _cfg("float16", 128, (3, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False), (2, 8, 8), (2, 4, 8)),
 ]
 OPCODES = ("UTCHMMA", "LDTM", "STTM", "UTMALDG")
 
@@ -44,7 +40,7 @@ def report(tmp_path_factory) -> dict:
 
 
 def _id(c: FwdConfig) -> str:
-    return f"{c.rank}d-{c.dtype}-d{c.head_dim}-w{c.kernel_size}-s{c.stride}-dil{c.dilation}-kv{c.kv_tile_size}"
+    return f"{c.rank}d-{c.dtype}-d{c.head_dim}-w{c.kernel_size}-s{c.stride}-dil{c.dilation}-q{c.q_tile_size}-kv{c.kv_tile_size}"
 
 
 @pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[_id(c) for c in CONFIGS])
