@@ -424,6 +424,7 @@ class GNAFwdSm100:
         tSt = load_s.partition_S(tS)
         tSc = load_s.partition_D(cute.make_identity_tensor((_ROWS, self.tile_n)))
         rS = cute.make_rmem_tensor(tSc.shape, Float32)
+        rP = cute.make_rmem_tensor(self.tile_n, self.dtype)  # this row of P, in the input dtype
         lane = tSc[0][0]
         row = lane + _ROWS * half  # in the Q tile
         windows = RowWindows(work, [row])
@@ -467,9 +468,9 @@ class GNAFwdSm100:
                 self._scale_o_row(tOtO, tidx, rescale)
                 pipe_o.consumer_release(o_state)
                 o_state.advance()
+            rP.store(rS.load().to(self.dtype))
             pipe_p.producer_acquire(p_state)  # the previous P V has finished reading sP
-            for c in cutlass.range_constexpr(cute.size(rS)):
-                sP[lane, tSc[c][1]] = rS[c].to(self.dtype)
+            cute.autovec_copy(rP, sP[lane, None])
             cute.arch.fence_view_async_shared()
             pipe_p.producer_commit(p_state)
             p_state.advance()
@@ -541,11 +542,15 @@ class GNAFwdSm100:
     @cute.jit
     def _o_row_to_smem(self, tOtO: cute.Tensor, tidx: Int32, inv_sum: Float32, row: Int32, sO: cute.Tensor) -> None:
         """Normalized O row, in the input dtype, into the staging tile of the TMA store."""
-        for ld, src, _, _, coords in self._o_chunks(tOtO, tidx):
+        sO_row = sO[row, None]
+        for chunk, (ld, src, _, _, coords) in enumerate(self._o_chunks(tOtO, tidx)):
             r = cute.make_rmem_tensor(coords.shape, Float32)
             cute.copy(ld, src, r)
             for c in cutlass.range_constexpr(cute.size(r)):
-                sO[row, coords[c][1]] = (r[c] * inv_sum).to(self.dtype)
+                r[c] = r[c] * inv_sum
+            rO = cute.make_rmem_tensor(_O_CHUNK, self.dtype)
+            rO.store(r.load().to(self.dtype))
+            cute.autovec_copy(rO, cute.local_tile(sO_row, (_O_CHUNK,), (chunk,)))
 
     @cute.jit
     def _store_lse(self, work: QTileWork, head: Int32, batch: Int32, row: Int32, lse: Float32, mLSE: cute.Tensor) -> None:
