@@ -1,7 +1,14 @@
 """K1's scratch driver for the sm90 kernel: compile on a CPU, or run and check on a GPU.
 
     CUTE_DSL_ARCH=sm_90a python -m gna_cute.kernels._dev_check compile
-    python -m gna_cute.kernels._dev_check gpu        # on the H100: correctness + a few timings
+    python -m gna_cute.kernels._dev_check gpu        # on the H100: correctness (GNA_K1_VARIANT)
+    CUTE_DSL_ARCH=sm_90a GNA_CUTE_CACHE_DIR=.pcache python -m gna_cute.kernels._dev_check warm
+    GNA_CUTE_CACHE_DIR=.pcache python -m gna_cute.kernels._dev_check sweep   # on the H100
+
+``sweep`` runs the correctness cases for every mainloop variant (``GNA_P_VARIANTS``, default
+``SWEEP_VARIANTS``), then times the bench rows for every variant and cuDNN in the same run
+(``$OUT/sweep.json``).  ``warm`` compiles the same kernels on a CPU into the disk cache, which
+a GPU machine of the same DSL version loads instead of compiling.
 
 Not part of the product (the host layer is ``kernels/interface.py``); kept so the kernel's author
 can reproduce every check.  The GPU reference is a dense masked attention in fp32 with the mask
@@ -14,6 +21,8 @@ import math
 import os
 import sys
 import time
+
+from dataclasses import dataclass
 
 from gna_cute.kernels.config import FwdConfig
 
@@ -60,18 +69,96 @@ def compile_cfg(cfg: FwdConfig, overlap=True):
     return compiled, time.time() - t0
 
 
-VARIANTS = {"overlap+turns": dict(overlap=True, turns=True), "overlap": dict(overlap=True, turns=False),
-            "serial": dict(overlap=False, turns=False)}
+VARIANTS = {
+    "serial": dict(overlap=False, turns=False),
+    "overlap+turns": dict(overlap=True, turns=True),
+    "overlap": dict(overlap=True, turns=False),
+    "rotated+turns": dict(overlap=True, turns=True, rotate=True),
+    "rotated": dict(overlap=True, turns=False, rotate=True),
+    "serial+3st": dict(overlap=False, turns=False, alias_o=True),
+    "rotated+turns+3st": dict(overlap=True, turns=True, rotate=True, alias_o=True),
+}
+#: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
+SWEEP_VARIANTS = ("serial", "overlap+turns", "rotated+turns", "serial+3st", "rotated+turns+3st")
 
 
-def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial", compiled_cache={}):
-    """Launch on torch tensors (minimal launcher; the product's is kernels/interface.py)."""
+@dataclass(frozen=True)
+class VariantKey:
+    """One compiled dev kernel: a config and a mainloop variant (DLPack calling convention)."""
+
+    cfg: FwdConfig
+    variant: str
+
+
+def _build_variant(key: VariantKey):
+    import cutlass.cute as cute
+    from gna_cute.kernels.sm90_fwd import GNAFwdSm90
+
+    return cute.compile(GNAFwdSm90(key.cfg, **VARIANTS[key.variant]), *_fake_args(key.cfg))
+
+
+def _variant_cache():
+    """Disk-backed cache of variant kernels, keyed by the sm90 kernel's own sources only (edits to
+    other ``kernels/*.py`` files must not invalidate a cache built on another machine)."""
+    import hashlib
+    import platform
+    from pathlib import Path
+
+    import cutlass
+    from gna_cute import neighborhood
+    from gna_cute.kernels import compile_cache
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256(f"{cutlass.__version__};{platform.machine()}".encode())
+    for name in ("sm90_fwd", "softmax", "mask", "scheduler", "tile_views", "dsl_values", "config", "_dev_check"):
+        h.update((here / f"{name}.py").read_bytes())
+    h.update(Path(neighborhood.__file__).read_bytes())
+    directory = compile_cache.default_root() / "dev_variants" / h.hexdigest()[:20]
+
+    class _Cache(compile_cache.KernelCache):
+        def directory(self):
+            return directory
+
+    return _Cache("dev_variants", _build_variant)
+
+
+_CACHE = []
+
+
+def variant_kernel(key: VariantKey):
+    if not _CACHE:
+        _CACHE.append(_variant_cache())
+    return _CACHE[0].get(key)
+
+
+def _warm_one(key: VariantKey) -> None:
+    variant_kernel(key)
+
+
+def warm_variants(keys, workers: int | None = None) -> int:
+    """Compile ``keys`` in parallel processes into the disk cache; the number that failed."""
+    from gna_cute.kernels import compile_cache
+
+    keys = list(dict.fromkeys(keys))
+    workers = workers or max(1, min(len(keys), (os.cpu_count() or 2) - 1))
+    errors = compile_cache.warm(_warm_one, keys, workers)
+    for k, e in zip(keys, errors):
+        if e is not None:
+            print(f"COMPILE-ERR {k.variant} {k.cfg}: {type(e).__name__}: {str(e)[:800]}", flush=True)
+    return sum(e is not None for e in errors)
+
+
+def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial"):
+    """Launch on torch tensors (minimal launcher; the product's is kernels/interface.py).
+
+    Returns ``(o, lse, counts, launch)``; ``launch()`` repeats the call on torch's current stream
+    (so it can be captured into a CUDA graph).
+    """
     import torch
     import cutlass
-    import cutlass.cute as cute
     from cuda.bindings import driver
     from cutlass.cute.runtime import from_dlpack
-    from gna_cute.kernels.sm90_fwd import GNAFwdSm90, log2_scale
+    from gna_cute.kernels.sm90_fwd import log2_scale
 
     r = cfg.rank
     o = torch.full_like(q, float("nan"))
@@ -82,13 +169,14 @@ def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial", compiled_cache=
     def cv(t):
         return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
-    if (cfg, variant) not in compiled_cache:
-        compiled_cache[cfg, variant] = cute.compile(GNAFwdSm90(cfg, **VARIANTS[variant]), *_fake_args(cfg))
-    fn = compiled_cache[cfg, variant]
-    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    args = (cv(q), cv(k), cv(v), cv(o), cv(lse), cv(counts), cutlass.Float32(log2_scale(scale)), stream)
-    fn(*args)
-    return o, lse, counts, (fn, args)
+    fn = variant_kernel(VariantKey(cfg, variant))
+    args = (cv(q), cv(k), cv(v), cv(o), cv(lse), cv(counts), cutlass.Float32(log2_scale(scale)))
+
+    def launch():
+        fn(*args, driver.CUstream(torch.cuda.current_stream().cuda_stream))
+
+    launch()
+    return o, lse, counts, launch
 
 
 def reference(q, k, v, cfg: FwdConfig, scale):
@@ -182,6 +270,7 @@ def gpu_main(variant: str = "serial") -> int:
 
 
 def _time_ms(fn, iters=20) -> float:
+    """Median of ``iters`` single calls between CUDA events (after 3 warm-up calls)."""
     import torch
 
     for _ in range(3):
@@ -198,33 +287,92 @@ def _time_ms(fn, iters=20) -> float:
     return times[len(times) // 2]
 
 
-def bench_main() -> None:
-    """Headline shapes (fp16, D=128, batch 1): our kernel vs cuDNN dense SDPA, same run."""
+def _graph_ms(fn, calls=20, replays=10) -> float:
+    """Per-call time of ``calls`` launches captured in one CUDA graph (median of ``replays``):
+    for microsecond kernels, where single timed calls measure the host launch."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return _time_ms(graph.replay, replays) / calls
+
+
+#: (name, rank, spatial, heads, window, stride, q_tile, kv_tile, timer); tiles None = the default.
+BENCH_ROWS = [
+    ("2d256 dense", 2, (256, 256), 24, (256, 256), (1, 1), None, None, "events"),
+    ("2d256 dense kv8x8", 2, (256, 256), 24, (256, 256), (1, 1), (16, 8), (8, 8), "events"),
+    ("2d256 w80 s1", 2, (256, 256), 24, (80, 80), (1, 1), None, None, "events"),
+    ("2d256 w80 s1 chosen", 2, (256, 256), 24, (80, 80), (1, 1), "choose", "choose", "events"),
+    ("2d256 w80 s16", 2, (256, 256), 24, (80, 80), (16, 16), None, None, "events"),
+    ("1d32K w2048 s1", 1, (32768,), 1, (2048,), (1,), None, None, "graph"),
+    ("1d32K dense", 1, (32768,), 1, (32768,), (1,), None, None, "graph"),
+]
+
+
+def bench_cfgs(rows=BENCH_ROWS):
+    """The config of every bench row (tiles "choose": ``kernels.tile_choice``)."""
+    from gna_cute.kernels.tile_choice import choose_tile_shapes
+    from gna_cute.params import GNAParams
+
+    out = []
+    for name, rank, spatial, _, ks, st, q_tile, kv_tile, _ in rows:
+        if q_tile == "choose":
+            q_tile, kv_tile = choose_tile_shapes(90, GNAParams.make(spatial, ks, st), 128)
+        out.append(make_cfg(rank, ks, st, q_tile=q_tile, kv_tile=kv_tile))
+    return out
+
+
+def check_cfgs():
+    return [FwdConfig(**{**cfg.__dict__, "count_tiles": True}) for _, cfg, *_ in gpu_cases()]
+
+
+def sweep_main(variants, rounds: int = 2) -> dict:
+    """Per variant: the 13 correctness cases; then every bench row for every variant, ``rounds``
+    times (interleaved, so the spread between rounds is the run-to-run noise), and cuDNN."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    rows = [
-        ("2d 256^2 w80 s1", 2, (256, 256), 24, (80, 80), (1, 1)),
-        ("2d 256^2 w80 s16", 2, (256, 256), 24, (80, 80), (16, 16)),
-        ("1d 32K w2048 s1", 1, (32768,), 1, (2048,), (1,)),
-        ("2d 256^2 dense", 2, (256, 256), 24, (256, 256), (1, 1)),
-    ]
-    for name, rank, spatial, H, ks, st in rows:
-        cfg = make_cfg(rank, ks, st)
-        q, k, v = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
-        ms_v = {}
-        for variant in VARIANTS:
-            _, _, _, (fn, args) = run_kernel(cfg, q, k, v, 128 ** -0.5, variant)
-            ms_v[variant] = _time_ms(lambda: fn(*args))
-        ms = min(ms_v.values())
-        alts = " ".join(f"{k}={t:.3f}" for k, t in ms_v.items())
-        N = math.prod(spatial)
-        qt, kt, vt = (x.reshape(1, N, H, 128).transpose(1, 2) for x in (q, k, v))
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            ms_cudnn = _time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt))
-        pairs = N * math.prod(ks) * H
-        print(f"BENCH {name:20s} [{alts}] best {ms:8.3f} ms  cudnn {ms_cudnn:8.3f} ms  speedup {ms_cudnn / ms:5.2f}x  "
-              f"useful {pairs * 4 * 128 / ms / 1e9:6.1f} TFLOP/s", flush=True)
+    cfgs = bench_cfgs()
+    t0 = time.time()
+    failed = warm_variants([VariantKey(c, v) for v in variants for c in check_cfgs() + cfgs])
+    print(f"warm: {time.time() - t0:.1f}s, {failed} failed", flush=True)
+    result = {"fails": {}, "ms": {}, "cudnn_ms": {}, "cfgs": {}}
+    for v in variants:
+        result["fails"][v] = gpu_main(v)
+    for (name, rank, spatial, H, ks, st, *_, timer), cfg in zip(BENCH_ROWS, cfgs):
+        result["cfgs"][name] = [cfg.q_tile_shape, cfg.kv_tile_shape]
+        q, k, v_ = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
+        time_fn = _graph_ms if timer == "graph" else _time_ms
+        for r in range(rounds):
+            for v in variants:
+                try:
+                    _, _, _, launch = run_kernel(cfg, q, k, v_, 128 ** -0.5, v)
+                    ms = time_fn(launch)
+                except Exception as e:
+                    print(f"ERR bench {name} {v}: {type(e).__name__}: {str(e)[:500]}", flush=True)
+                    ms = float("nan")
+                result["ms"].setdefault(name, {}).setdefault(v, []).append(ms)
+        if "kv" not in name and "chosen" not in name:
+            N = math.prod(spatial)
+            qt, kt, vt = (x.reshape(1, N, H, 128).transpose(1, 2) for x in (q, k, v_))
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)  # noqa: E731
+                result["cudnn_ms"][name] = [time_fn(sdpa) for _ in range(rounds)]
+        best = {v: min(ts) for v, ts in result["ms"][name].items()}
+        cud = min(result["cudnn_ms"].get(name, [float("nan")]))
+        pairs = math.prod(spatial) * math.prod(ks) * H
+        line = " ".join(f"{v}={'/'.join(f'{t:.3f}' for t in result['ms'][name][v])}" for v in variants)
+        fastest = min(best, key=best.get)
+        print(f"BENCH {name:22s} {line} | cudnn {cud:.3f} | best {fastest} {best[fastest]:.3f} ms "
+              f"{cud / best[fastest]:.2f}x {pairs * 4 * 128 / best[fastest] / 1e9:.0f} TF/s", flush=True)
+    return result
 
 
 if __name__ == "__main__":
@@ -233,10 +381,18 @@ if __name__ == "__main__":
         for name, cfg, *_ in gpu_cases()[: int(sys.argv[2]) if len(sys.argv) > 2 else 1]:
             _, dt = compile_cfg(cfg)
             print(f"compiled {name} in {dt:.1f}s")
-    elif what == "bench":
-        bench_main()
+    elif what == "warm":  # CPU: fill the variant cache for a later GPU sweep
+        chosen = os.environ.get("GNA_P_VARIANTS", ",".join(SWEEP_VARIANTS)).split(",")
+        keys = [VariantKey(c, v) for v in chosen for c in check_cfgs() + bench_cfgs()]
+        sys.exit(warm_variants(keys, int(sys.argv[2]) if len(sys.argv) > 2 else None))
+    elif what == "sweep":
+        import json
+
+        chosen = os.environ.get("GNA_P_VARIANTS", ",".join(SWEEP_VARIANTS)).split(",")
+        res = sweep_main(chosen)
+        if out := os.environ.get("OUT"):
+            with open(os.path.join(out, "sweep.json"), "w") as f:
+                json.dump(res, f, indent=1, default=str)
+        sys.exit(sum(res["fails"].values()))
     else:
-        fails = gpu_main(os.environ.get("GNA_K1_VARIANT", "serial"))
-        if "--bench" in sys.argv:
-            bench_main()
-        sys.exit(fails)
+        sys.exit(gpu_main(os.environ.get("GNA_K1_VARIANT", "serial")))

@@ -36,6 +36,8 @@ from gna_cute.kernels.softmax import OnlineSoftmax, acc_rows_view, rescale_rows
 
 _DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
 _SMEM_BUDGET = 220 * 1024
+# With O staged in Q's smem: the H100's 227 KiB per block less 1 KiB for the mbarriers (aligned).
+_SMEM_BUDGET_ALIASED = 227 * 1024 - 1024
 _EPILOGUE_BARRIER = 1
 _SCHED_BARRIER = 2  # and 3: one per consumer warpgroup, for taking turns issuing GEMMs
 
@@ -74,7 +76,10 @@ class GNAFwdSm90:
     num_producer_regs = 24
     num_mma_regs = 240
 
-    def __init__(self, cfg: FwdConfig, overlap: bool = False, turns: bool = True) -> None:
+    def __init__(
+        self, cfg: FwdConfig, overlap: bool = False, turns: bool = True, rotate: bool = False,
+        alias_o: bool = False, stages: int | None = None,
+    ) -> None:
         if cfg.arch != 90:
             raise ValueError(f"cfg.arch={cfg.arch}: GNAFwdSm90 is the sm90 kernel")
         if cfg.dtype not in _DTYPES:
@@ -90,6 +95,7 @@ class GNAFwdSm90:
         # measured slower than the serial loop (2D 256^2 w80: 15.8 vs 13.8 ms; dense 98.7 vs 93.4).
         self.overlap = overlap
         self.turns = turns and overlap  # the two warpgroups take turns issuing GEMMs
+        self.rotate = rotate and overlap  # overlapped loop with the PV wait at the iteration's top
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
         self.dtype = _DTYPES[cfg.dtype]
@@ -100,10 +106,18 @@ class GNAFwdSm90:
         self.has_groups = any(d > 1 for d in cfg.dilation)
         self.num_mma_wg = 2
         self.num_threads = 128 * (1 + self.num_mma_wg)
+        # alias_o: the epilogue stages O in Q's smem (each warpgroup overwrites only the Q rows its
+        # own, finished GEMMs read), which frees room for a third K/V stage at D = 128, KV = 128.
+        self.alias_o = alias_o and cfg.head_dim == cfg.head_dim_v
         elem = 2
-        fixed = (self.tile_m * self.hdim + self.tile_m * self.hdimv) * elem
+        fixed = (self.tile_m * self.hdim + (0 if self.alias_o else self.tile_m * self.hdimv)) * elem
         per_stage = self.tile_n * (self.hdim + self.hdimv) * elem
-        self.num_stages = max(2, min(4, (_SMEM_BUDGET - fixed) // per_stage))
+        budget = _SMEM_BUDGET_ALIASED if self.alias_o else _SMEM_BUDGET
+        self.num_stages = max(2, min(4, (budget - fixed) // per_stage))
+        if stages is not None:
+            if not 2 <= stages <= self.num_stages:
+                raise ValueError(f"stages={stages}: this config fits 2..{self.num_stages} K/V stages")
+            self.num_stages = stages
 
     # ------------------------------------------------------------------ host side
     def _token_view(self, t: cute.Tensor) -> cute.Tensor:
@@ -173,6 +187,7 @@ class GNAFwdSm90:
         self.tx_v = cute.size_in_bytes(self.dtype, cute.select(self.sV_layout, mode=[0, 1]))
 
         stages = self.num_stages
+        o_elems = 8 if self.alias_o else cute.cosize(self.sO_layout)  # aliased: O lives in sQ
 
         @cute.struct
         class SharedStorage:
@@ -182,7 +197,7 @@ class GNAFwdSm90:
             sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sQ_layout)], 1024]
             sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sK_layout)], 1024]
             sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sV_layout)], 1024]
-            sO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sO_layout)], 1024]
+            sO: cute.struct.Align[cute.struct.MemRange[self.dtype, o_elems], 1024]
 
         self.shared_storage = SharedStorage
         lengths = [mQ.shape[1 + i] for i in range(n)]
@@ -245,7 +260,8 @@ class GNAFwdSm90:
         sQ = storage.sQ.get_tensor(self.sQ_layout.outer, swizzle=self.sQ_layout.inner)
         sK = storage.sK.get_tensor(self.sK_layout.outer, swizzle=self.sK_layout.inner)
         sV = storage.sV.get_tensor(self.sV_layout.outer, swizzle=self.sV_layout.inner)
-        sO = storage.sO.get_tensor(self.sO_layout.outer, swizzle=self.sO_layout.inner)
+        sO_mem = storage.sQ if const_expr(self.alias_o) else storage.sO
+        sO = sO_mem.get_tensor(self.sO_layout.outer, swizzle=self.sO_layout.inner)
 
         work_idx, head, batch = cute.arch.block_idx()
         lengths = [mLSE.shape[1 + i] for i in range(n)]
@@ -363,7 +379,12 @@ class GNAFwdSm90:
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         pipe_q.consumer_wait(q_state)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        if const_expr(self.overlap):
+        if const_expr(self.rotate):
+            num_full = self._mainloop_rotated(
+                work, wg, windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt,
+                pipe_k, pipe_v,
+            )
+        elif const_expr(self.overlap):
             num_full = self._mainloop_overlapped(
                 work, wg, windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt,
                 pipe_k, pipe_v,
@@ -464,6 +485,65 @@ class GNAFwdSm90:
             tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
             k_state.advance()
             v_state.advance()
+        pipe_v.consumer_wait(v_state)
+        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
+        warpgroup.wait_group(0)
+        pipe_v.consumer_release(v_state)
+        return num_full
+
+    @cute.jit
+    def _mainloop_rotated(
+        self, work: QTileWork, wg: Int32, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
+        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any,
+    ) -> Int32:
+        """The overlapped schedule, rotated so that the wait for PV(j-1) opens the next iteration.
+
+        Why: in ``_mainloop_overlapped`` ptxas schedules ``wgmma.wait_group 0`` (a DEPBAR with no
+        operands) to the top of the softmax block, so the exps wait for PV(j-1) and nothing
+        overlaps.  Here the softmax of tile j ends the loop body and the wait starts the next
+        one: the back edge keeps ptxas from hoisting the wait above the exps.
+        Per iteration j: wait PV(j-2); rescale O, P(j-1) -> fp16; issue QK(j) and PV(j-1);
+        wait QK(j); mask + softmax(j).
+        """
+        k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        if const_expr(self.turns):
+            if wg == 0:
+                cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER, number_of_threads=256)
+        kv = work.kv_tile(0)
+        pipe_k.consumer_wait(k_state)
+        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
+        warpgroup.wait_group(0)
+        pipe_k.consumer_release(k_state)
+        k_state.advance()
+        num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, Int32(0))
+        for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
+            warpgroup.wait_group(0)  # PV(j-2) has finished reading V and P, and O is final
+            if j > 1:
+                pipe_v.consumer_release(v_state)
+                v_state.advance()
+            rescale_rows(acc_O, row_scale)
+            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+            kv = work.kv_tile(j)
+            pipe_k.consumer_wait(k_state)
+            if const_expr(self.turns):
+                cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
+            _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
+            pipe_v.consumer_wait(v_state)
+            _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
+            if const_expr(self.turns):
+                cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
+            warpgroup.wait_group(1)
+            pipe_k.consumer_release(k_state)
+            k_state.advance()
+            num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
+        warpgroup.wait_group(0)
+        if work.num_kv_tiles > 1:
+            pipe_v.consumer_release(v_state)
+            v_state.advance()
+        rescale_rows(acc_O, row_scale)
+        tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
         pipe_v.consumer_wait(v_state)
         _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
         warpgroup.wait_group(0)
