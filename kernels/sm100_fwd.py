@@ -9,16 +9,19 @@ K/V load, and while the softmax of one half runs, the tensor cores work on the o
   from the heads-last layout (``tile_views``) into a multi-stage shared-memory pipeline;
 - MMA warp (one issuing thread): per KV tile ``S_h = Q_h K^T`` for each half into tensor memory,
   then ``O_h += P_h V`` into tensor memory (tcgen05, both operands in shared memory);
-- one softmax warpgroup per half (one thread per Q row; also correction and epilogue): read S
-  from tensor memory, mask only partial tiles (window math of ``neighborhood`` via
-  ``scheduler``/``mask``), online softmax in fp32 registers, write P (input dtype) to shared
-  memory, rescale the O row in tensor memory when its max moved; at the end O / sum -> shared
-  memory (over Q) -> one TMA store of the Q box, and the LSE.
+- one softmax warpgroup per half (one thread per Q row): read S from tensor memory, mask only
+  partial tiles (window math of ``neighborhood`` via ``scheduler``/``mask``), online softmax in
+  fp32 registers, P (input dtype) to shared memory, the row's rescale factor to the correction
+  warpgroup;
+- correction warpgroup (one thread per row of every half): rescale the O rows in tensor memory
+  between P V products; at the end normalize O into shared memory (over Q), one TMA store of the Q
+  box, and the LSE.
 
-Hand-offs are mbarrier pipelines: TMA -> MMA (``PipelineTmaUmma``), MMA -> softmax for S and O
-(``PipelineUmmaAsync``, signalled by tcgen05 commit), softmax -> MMA for P (``PipelineAsyncUmma``),
-one S/P/O set per half.  Not yet (the Blackwell FMHA's full form): a separate correction
-warpgroup, P kept in tensor memory (TS MMA), a lagging max.
+Hand-offs are mbarrier pipelines: TMA -> MMA (``PipelineTmaUmma``), MMA -> softmax (S) and MMA ->
+correction (O) (``PipelineUmmaAsync``, signalled by tcgen05 commit), softmax -> MMA (P,
+``PipelineAsyncUmma``), softmax -> correction (row factors through shared memory,
+``PipelineAsync``); one set per half.  Not yet (the Blackwell FMHA's full form): P kept in tensor
+memory (TS MMA), a lagging row max that skips most rescales, a persistent scheduler.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ from gna_cute.kernels.softmax import LN2
 _DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
 _SMEM_BUDGET = 220 * 1024
 _ROWS = 128  # one tcgen05 MMA of M = 128 per half: one TMEM lane (one softmax thread) per Q row
-_TMEM_BARRIER = 1  # softmax warpgroup + MMA warp: the TMEM base address is published
-_EPILOGUE_BARRIER = 2  # softmax warpgroup: O tile in shared memory
+_TMEM_BARRIER = 1  # softmax + correction warpgroups + MMA warp: the TMEM base address is published
+_EPILOGUE_BARRIER = 2  # correction warpgroup: the O tile is in shared memory
+_TEARDOWN_BARRIER = 3  # softmax + correction warpgroups: nobody touches TMEM any more
 _O_CHUNK = 32  # TMEM columns of O per load/store round trip
 
 
@@ -91,12 +95,15 @@ class GNAFwdSm100:
         self.hdim = cfg.head_dim
         self.dilated = any(d > 1 for d in cfg.dilation)
         self.halves = cfg.q_tile_size // _ROWS
-        # warps 0 .. 4*halves-1: one softmax warpgroup per half, then the MMA warp and the load warp.
-        # No register reallocation (setmaxnreg): with it ptxas refuses (C7600) rather than spills
-        # the 128-column score row; without it the softmax threads get 168-255 registers.
-        self.mma_warp = 4 * self.halves
+        # warps 0 .. 4*halves-1: one softmax warpgroup per half; then the correction warpgroup, the
+        # MMA warp and the load warp.  No register reallocation (setmaxnreg): with it ptxas refuses
+        # (C7600) rather than spills the score row.
+        self.correction_warp = 4 * self.halves
+        self.mma_warp = self.correction_warp + 4
         self.load_warp = self.mma_warp + 1
-        self.num_threads = 32 * (self.mma_warp + 2)
+        self.num_threads = 32 * (self.mma_warp + 4)  # MMA, load and two idle warps: one warpgroup
+        # registers per thread: softmax, correction, MMA/load (setmaxnreg, whole warpgroups)
+        self.regs = (240, 200, 56) if self.halves == 1 else (184, 88, 48)
         # TMEM columns: S of each half, then O of each half
         self.tmem_s = [h * self.tile_n for h in range(self.halves)]
         self.tmem_o = [self.halves * self.tile_n + h * self.hdim for h in range(self.halves)]
@@ -187,7 +194,10 @@ class GNAFwdSm100:
             mbar_s: cute.struct.MemRange[cutlass.Int64, 2 * halves]
             mbar_p: cute.struct.MemRange[cutlass.Int64, 2 * halves]
             mbar_o: cute.struct.MemRange[cutlass.Int64, 2 * halves]
+            mbar_c: cute.struct.MemRange[cutlass.Int64, 2 * halves]
             tmem_base: Int32
+            row_scale: cute.struct.MemRange[Float32, _ROWS * halves]  # softmax -> correction
+            row_lse: cute.struct.MemRange[Float32, _ROWS * halves]
             sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sQ_layout)], 1024]
             sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sK_layout)], 1024]
             sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sV_layout)], 1024]
@@ -243,7 +253,7 @@ class GNAFwdSm100:
             barrier_storage=storage.mbar_v.data_ptr(), num_stages=self.num_stages, producer_group=one,
             consumer_group=one, tx_count=self.tx_kv, defer_sync=True,
         )  # fmt: skip
-        pipe_s, pipe_o, pipe_p = [], [], []
+        pipe_s, pipe_o, pipe_p, pipe_c = [], [], [], []
         for h in cutlass.range_constexpr(self.halves):  # one S / O / P hand-off per half
             pipe_s.append(pipeline.PipelineUmmaAsync.create(
                 barrier_storage=storage.mbar_s.data_ptr() + 2 * h, num_stages=1, producer_group=one,
@@ -256,6 +266,10 @@ class GNAFwdSm100:
             pipe_p.append(pipeline.PipelineAsyncUmma.create(
                 barrier_storage=storage.mbar_p.data_ptr() + 2 * h, num_stages=1, producer_group=rows,
                 consumer_group=one, defer_sync=True,
+            ))  # fmt: skip
+            pipe_c.append(pipeline.PipelineAsync.create(
+                barrier_storage=storage.mbar_c.data_ptr() + 2 * h, num_stages=1, producer_group=rows,
+                consumer_group=rows, defer_sync=True,
             ))  # fmt: skip
         cute.arch.mbarrier_init_fence()
         cute.arch.barrier()
@@ -270,33 +284,46 @@ class GNAFwdSm100:
         work = QTileWork(self.geom, lengths, work_idx, cutlass.min, cutlass.max)
         head_kv = head // (mLSE.shape[n + 1] // num_heads_kv)
 
+        row_scale = storage.row_scale.get_tensor(cute.make_layout((_ROWS, self.halves)))
+        row_lse = storage.row_lse.get_tensor(cute.make_layout((_ROWS, self.halves)))
         tmem = utils.TmemAllocator(
             storage.tmem_base.ptr,
             barrier_for_retrieve=pipeline.NamedBarrier(
-                barrier_id=_TMEM_BARRIER, num_threads=self.halves * _ROWS + 32
+                barrier_id=_TMEM_BARRIER, num_threads=(self.halves + 1) * _ROWS + 32
             ),
             allocator_warp_id=0,
         )
         tmem.allocate(self.tmem_cols)  # by the allocator warp only
-        if warp_idx == self.load_warp:
-            self.load(work, head, head_kv, batch, tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V, tma_V,
-                      sQ, sK, sV, pipe_q, pipe_k, pipe_v)  # fmt: skip
-        if warp_idx == self.mma_warp:
+        # Each role runs entirely inside its branch (register reallocation needs that).
+        if warp_idx >= self.mma_warp:
+            cute.arch.setmaxregister_decrease(self.regs[2])
+            if warp_idx == self.load_warp:
+                self.load(work, head, head_kv, batch, tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V,
+                          tma_V, sQ, sK, sV, pipe_q, pipe_k, pipe_v)  # fmt: skip
+            if warp_idx == self.mma_warp:
+                tmem.wait_for_alloc()
+                tmem_ptr = tmem.retrieve_ptr(Float32)
+                self.mma(work, tmem_ptr, sQ, sK, sV, sP, pipe_q, pipe_k, pipe_v, pipe_s, pipe_p, pipe_o)
+        elif warp_idx >= self.correction_warp:
+            cute.arch.setmaxregister_increase(self.regs[1])
             tmem.wait_for_alloc()
             tmem_ptr = tmem.retrieve_ptr(Float32)
-            self.mma(work, tmem_ptr, sQ, sK, sV, sP, pipe_q, pipe_k, pipe_v, pipe_s, pipe_p, pipe_o)
-        if warp_idx < self.mma_warp:
+            self.correction(work, head, batch, tmem_ptr, sQ, pipe_o, pipe_c, row_scale, row_lse,
+                            tma_atom_O, tma_O, mLSE)  # fmt: skip
+            cute.arch.barrier(barrier_id=_TEARDOWN_BARRIER, number_of_threads=(self.halves + 1) * _ROWS)
+        else:
+            cute.arch.setmaxregister_increase(self.regs[0])
             tmem.wait_for_alloc()
             tmem_ptr = tmem.retrieve_ptr(Float32)
             tmem.relinquish_alloc_permit()
             if warp_idx < 4:
-                self.softmax(0, work, head, batch, tmem_ptr, sQ, sP, pipe_s[0], pipe_p[0], pipe_o[0],
-                             tma_atom_O, tma_O, mLSE, mCounts, scale_log2)  # fmt: skip
+                self.softmax(0, work, tmem_ptr, sP, pipe_s[0], pipe_p[0], pipe_c[0], row_scale, row_lse,
+                             mCounts, scale_log2, head, batch)  # fmt: skip
             if const_expr(self.halves == 2):
                 if warp_idx >= 4:
-                    self.softmax(1, work, head, batch, tmem_ptr, sQ, sP, pipe_s[1], pipe_p[1], pipe_o[1],
-                                 tma_atom_O, tma_O, mLSE, mCounts, scale_log2)  # fmt: skip
-            cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=self.halves * _ROWS)
+                    self.softmax(1, work, tmem_ptr, sP, pipe_s[1], pipe_p[1], pipe_c[1], row_scale, row_lse,
+                                 mCounts, scale_log2, head, batch)  # fmt: skip
+            cute.arch.barrier(barrier_id=_TEARDOWN_BARRIER, number_of_threads=(self.halves + 1) * _ROWS)
             tmem.free(tmem_ptr, self.tmem_cols)
 
     # ------------------------------------------------------------------ load warp
@@ -405,17 +432,21 @@ class GNAFwdSm100:
             pipe_v.consumer_release(kv_state)
             kv_state.advance()
 
-    # ------------------------------------------------------------------ softmax warpgroup
+    # ------------------------------------------------------------------ softmax warpgroups
     @cute.jit
     def softmax(
-        self, half: cutlass.Constexpr, work: QTileWork, head: Int32, batch: Int32, tmem_ptr: Any,
-        sQ: cute.Tensor, sP: cute.Tensor,
-        pipe_s: Any, pipe_p: Any, pipe_o: Any, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor,
-        mLSE: cute.Tensor, mCounts: cute.Tensor, scale_log2: Float32,
+        self, half: cutlass.Constexpr, work: QTileWork, tmem_ptr: Any, sP: cute.Tensor, pipe_s: Any,
+        pipe_p: Any, pipe_c: Any, row_scale: cute.Tensor, row_lse: cute.Tensor, mCounts: cute.Tensor,
+        scale_log2: Float32, head: Int32, batch: Int32,
     ):  # fmt: skip
-        """Thread ``t`` of this half's warpgroup owns row ``128 * half + t`` of the Q tile."""
+        """Thread ``t`` of this half's warpgroup owns row ``128 * half + t`` of the Q tile.
+
+        Per KV tile: S row from TMEM, mask (partial tiles only), online softmax, P row to shared
+        memory; the factor by which the O row must shrink goes to the correction warpgroup.  At
+        the end, ``1 / sum`` and the LSE go the same way.
+        """
         tidx = cute.arch.thread_idx()[0] - _ROWS * half
-        tStS, tOtO = self._tmem_tensors(tmem_ptr, half)
+        tStS, _ = self._tmem_tensors(tmem_ptr, half)
         sP = sP[None, None, half]
         tS = tStS[(None, None), 0, 0]
         load_s = tcgen05.make_tmem_copy(
@@ -426,8 +457,7 @@ class GNAFwdSm100:
         rS = cute.make_rmem_tensor(tSc.shape, Float32)
         rP = cute.make_rmem_tensor(self.tile_n, self.dtype)  # this row of P, in the input dtype
         lane = tSc[0][0]
-        row = lane + _ROWS * half  # in the Q tile
-        windows = RowWindows(work, [row])
+        windows = RowWindows(work, [lane + _ROWS * half])
         kv_tile = self.cfg.kv_tile_shape
         col_in_tile = [split_tile_index(tSc[c][1], kv_tile) for c in range(cute.size(rS))]
 
@@ -435,8 +465,8 @@ class GNAFwdSm100:
         row_sum = Float32(0.0)
         num_full = Int32(0)
         s_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
-        o_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         p_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        c_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
         for j in cutlass.range(work.num_kv_tiles, unroll=1):
             kv = work.kv_tile(j)
             full = work.kv_is_full(kv)
@@ -463,11 +493,11 @@ class GNAFwdSm100:
                 rS[c] = p
                 acc = acc + p
             row_sum = acc
-            if j > 0:
-                pipe_o.consumer_wait(o_state)  # O += P V of the previous tile has landed
-                self._scale_o_row(tOtO, tidx, rescale)
-                pipe_o.consumer_release(o_state)
-                o_state.advance()
+            if j > 0:  # O holds the previous tiles' sum: the correction warpgroup rescales it
+                pipe_c.producer_acquire(c_state)
+                row_scale[lane, half] = rescale
+                pipe_c.producer_commit(c_state)
+                c_state.advance()
             rP.store(rS.load().to(self.dtype))
             pipe_p.producer_acquire(p_state)  # the previous P V has finished reading sP
             cute.autovec_copy(rP, sP[lane, None])
@@ -475,14 +505,59 @@ class GNAFwdSm100:
             pipe_p.producer_commit(p_state)
             p_state.advance()
 
-        pipe_o.consumer_wait(o_state)  # the last P V
         empty = row_sum == Float32(0.0)
-        inv_sum = Float32(0.0) if empty else cute.arch.rcp_approx(row_sum)
-        lse = -Float32.inf if empty else (row_max * scale_log2 + cute.math.log2(row_sum, fastmath=True)) * LN2
-        self._o_row_to_smem(tOtO, tidx, inv_sum, row, sQ)  # every Q K^T is done: sQ holds O now
+        pipe_c.producer_acquire(c_state)
+        row_scale[lane, half] = Float32(0.0) if empty else cute.arch.rcp_approx(row_sum)
+        row_lse[lane, half] = (
+            -Float32.inf if empty else (row_max * scale_log2 + cute.math.log2(row_sum, fastmath=True)) * LN2
+        )
+        pipe_c.producer_commit(c_state)
+        if const_expr(self.cfg.count_tiles):
+            if tidx == 0 and half == 0 and batch == 0 and head == 0:
+                idx = (*work.group, *work.q_tile_idx)
+                mCounts[(0, *idx)] = work.num_kv_tiles
+                mCounts[(1, *idx)] = num_full
+
+    # ------------------------------------------------------------------ correction warpgroup
+    @cute.jit
+    def correction(
+        self, work: QTileWork, head: Int32, batch: Int32, tmem_ptr: Any, sQ: cute.Tensor, pipe_o: list,
+        pipe_c: list, row_scale: cute.Tensor, row_lse: cute.Tensor, tma_atom_O: cute.CopyAtom,
+        tma_O: cute.Tensor, mLSE: cute.Tensor,
+    ):  # fmt: skip
+        """Rescale each O row in TMEM between P V products; at the end normalize, store O and LSE.
+
+        Thread ``t`` owns row ``t`` of every half.  Rescaling here keeps the softmax warpgroups on
+        the next scores while the tensor cores finish the previous P V.
+        """
+        tidx = cute.arch.thread_idx()[0] - _ROWS * self.halves
+        tOtO = [self._tmem_tensors(tmem_ptr, h)[1] for h in range(self.halves)]
+        lane = self._o_chunks(tOtO[0], tidx)[0][4][0][0]
+        c_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        o_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
+            for h in cutlass.range_constexpr(self.halves):
+                pipe_c[h].consumer_wait(c_state)
+                factor = row_scale[lane, h]
+                pipe_c[h].consumer_release(c_state)
+                pipe_o[h].consumer_wait(o_state)  # O_h += P_h V of the previous tile has landed
+                self._scale_o_row(tOtO[h], tidx, factor)
+                pipe_o[h].consumer_release(o_state)
+            c_state.advance()
+            o_state.advance()
+
+        for h in cutlass.range_constexpr(self.halves):
+            pipe_c[h].consumer_wait(c_state)
+            inv_sum = row_scale[lane, h]
+            lse = row_lse[lane, h]
+            pipe_c[h].consumer_release(c_state)
+            pipe_o[h].consumer_wait(o_state)  # the last P V: every Q K^T is done too, sQ is free
+            row = lane + _ROWS * h
+            self._o_row_to_smem(tOtO[h], tidx, inv_sum, row, sQ)
+            self._store_lse(work, head, batch, row, lse, mLSE)
         cute.arch.fence_view_async_shared()
-        cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=self.halves * _ROWS)
-        if tidx == 0 and half == 0:
+        cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=_ROWS)
+        if tidx == 0:
             tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
             coord = tile_views.tile_coord(work.q_tile_idx, head, work.group, batch, self.dilated)
             tOsO, tOgO = cpasync.tma_partition(
@@ -492,12 +567,6 @@ class GNAFwdSm100:
             cute.copy(tma_atom_O, tOsO, tOgO)
             cute.arch.cp_async_bulk_commit_group()
             cute.arch.cp_async_bulk_wait_group(0, read=True)
-        self._store_lse(work, head, batch, row, lse, mLSE)
-        if const_expr(self.cfg.count_tiles):
-            if tidx == 0 and half == 0 and batch == 0 and head == 0:
-                idx = (*work.group, *work.q_tile_idx)
-                mCounts[(0, *idx)] = work.num_kv_tiles
-                mCounts[(1, *idx)] = num_full
 
     @cute.jit
     def _mask_row(self, rS: cute.Tensor, windows: RowWindows, col_in_tile: list, kv: list) -> None:
