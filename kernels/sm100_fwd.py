@@ -95,14 +95,13 @@ class GNAFwdSm100:
         self.hdim = cfg.head_dim
         self.dilated = any(d > 1 for d in cfg.dilation)
         self.halves = cfg.q_tile_size // _ROWS
-        # warps 0 .. 4*halves-1: one softmax warpgroup per half; then the correction warpgroup, the
-        # MMA warp and the load warp.  No register reallocation (setmaxnreg): with it ptxas refuses
-        # (C7600) rather than spills the score row.
+        # warps 0 .. 4*halves-1: one softmax warpgroup per half; then the correction warpgroup; then
+        # one warpgroup of the MMA warp, the load warp and two idle warps (setmaxnreg works on whole
+        # warpgroups).  Registers per thread for softmax, correction, MMA/load: fits 64K per SM.
         self.correction_warp = 4 * self.halves
         self.mma_warp = self.correction_warp + 4
         self.load_warp = self.mma_warp + 1
-        self.num_threads = 32 * (self.mma_warp + 4)  # MMA, load and two idle warps: one warpgroup
-        # registers per thread: softmax, correction, MMA/load (setmaxnreg, whole warpgroups)
+        self.num_threads = 32 * (self.mma_warp + 4)
         self.regs = (240, 200, 56) if self.halves == 1 else (184, 88, 48)
         # TMEM columns: S of each half, then O of each half
         self.tmem_s = [h * self.tile_n for h in range(self.halves)]
