@@ -207,7 +207,7 @@ def warm(configs: Iterable[FwdConfig], workers: int | None = None) -> list[BaseE
     keys = [compile_key(c) for c in configs]
     todo = [k for k in dict.fromkeys(keys) if k not in CACHE]
     if workers is None:
-        workers = max(1, min(len(todo), (os.cpu_count() or 2) - 1))
+        workers = max(1, min(len(todo), (os.cpu_count() or 2) - 1, 16))  # ~1.5 GB per process
     errors = dict(zip(todo, compile_cache.warm(_warm_one, todo, workers)))
     return [errors.get(k) for k in keys]
 
