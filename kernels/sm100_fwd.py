@@ -295,7 +295,7 @@ class GNAFwdSm100:
         tmem.allocate(self.tmem_cols)  # by the allocator warp only
         # Each role runs entirely inside its branch (register reallocation needs that).
         if warp_idx >= self.mma_warp:
-            cute.arch.setmaxregister_decrease(self.regs[2])
+            self._set_registers(self.regs[2])
             if warp_idx == self.load_warp:
                 self.load(work, head, head_kv, batch, tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V,
                           tma_V, sQ, sK, sV, pipe_q, pipe_k, pipe_v)  # fmt: skip
@@ -304,14 +304,14 @@ class GNAFwdSm100:
                 tmem_ptr = tmem.retrieve_ptr(Float32)
                 self.mma(work, tmem_ptr, sQ, sK, sV, sP, pipe_q, pipe_k, pipe_v, pipe_s, pipe_p, pipe_o)
         elif warp_idx >= self.correction_warp:
-            cute.arch.setmaxregister_increase(self.regs[1])
+            self._set_registers(self.regs[1])
             tmem.wait_for_alloc()
             tmem_ptr = tmem.retrieve_ptr(Float32)
             self.correction(work, head, batch, tmem_ptr, sQ, pipe_o, pipe_c, row_scale, row_lse,
                             tma_atom_O, tma_O, mLSE)  # fmt: skip
             cute.arch.barrier(barrier_id=_TEARDOWN_BARRIER, number_of_threads=(self.halves + 1) * _ROWS)
         else:
-            cute.arch.setmaxregister_increase(self.regs[0])
+            self._set_registers(self.regs[0])
             tmem.wait_for_alloc()
             tmem_ptr = tmem.retrieve_ptr(Float32)
             tmem.relinquish_alloc_permit()
@@ -324,6 +324,14 @@ class GNAFwdSm100:
                                  mCounts, scale_log2, head, batch)  # fmt: skip
             cute.arch.barrier(barrier_id=_TEARDOWN_BARRIER, number_of_threads=(self.halves + 1) * _ROWS)
             tmem.free(tmem_ptr, self.tmem_cols)
+
+    def _set_registers(self, count: int) -> None:
+        """Move this warpgroup from the launch's per-thread register count to ``count``."""
+        at_launch = min(256, 65536 // self.num_threads // 8 * 8)
+        if count > at_launch:
+            cute.arch.setmaxregister_increase(count)
+        elif count < at_launch:
+            cute.arch.setmaxregister_decrease(count)
 
     # ------------------------------------------------------------------ load warp
     @cute.jit
