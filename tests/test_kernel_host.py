@@ -88,6 +88,19 @@ def test_cpu_tensors_and_gpu_less_machine_are_refused() -> None:
         assert "GPU" in interface.available_sm100()
 
 
+def test_sm100_says_it_never_ran_on_blackwell() -> None:
+    if torch.cuda.is_available() and torch.cuda.get_device_capability(0)[0] == 10:
+        pytest.skip("on a Blackwell GPU sm100 is available")
+    assert "not yet run on Blackwell hardware" in interface.available_sm100()
+
+
+@pytest.mark.parametrize("arch", [90, 100])
+def test_both_archs_accept_a_plain_problem_and_refuse_fp32(arch: int) -> None:
+    assert interface.problem_reason(_args(), arch) is None
+    reason = interface.problem_reason(_args(dtype=torch.float32), arch)
+    assert reason is not None and reason.startswith(f"sm{arch}") and "float32" in reason
+
+
 def test_config_carries_the_static_problem() -> None:
     tiles = dict(q_tile_shape=(8, 16), kv_tile_shape=(8, 8))  # explicit: the default depends on the size
     args = _args(kernel_size=(5, 3), stride=(2, 1), dilation=(2, 1), is_causal=(False, True), **tiles)
