@@ -79,7 +79,7 @@ VARIANTS = {
     "rotated+turns+3st": dict(overlap=True, turns=True, rotate=True, alias_o=True),
 }
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
-SWEEP_VARIANTS = ("serial", "overlap+turns", "rotated+turns", "serial+3st", "rotated+turns+3st")
+SWEEP_VARIANTS = ("serial", "overlap+turns", "rotated+turns", "rotated", "serial+3st", "rotated+turns+3st")
 
 
 @dataclass(frozen=True)
@@ -328,8 +328,10 @@ BENCH_ROWS = [
     ("2d256 dense kv8x8", 2, (256, 256), 24, (256, 256), (1, 1), (16, 8), (8, 8), "events"),
     ("2d256 w80 s1", 2, (256, 256), 24, (80, 80), (1, 1), None, None, "events"),
     ("2d256 w80 s1 chosen", 2, (256, 256), 24, (80, 80), (1, 1), "choose", "choose", "events"),
+    ("2d256 w80 s1 kv8x8", 2, (256, 256), 24, (80, 80), (1, 1), (16, 8), (8, 8), "events"),
     ("2d256 w80 s16", 2, (256, 256), 24, (80, 80), (16, 16), None, None, "events"),
     ("1d32K w2048 s1", 1, (32768,), 1, (2048,), (1,), None, None, "graph"),
+    ("1d32K w2048 s1 kv64", 1, (32768,), 1, (2048,), (1,), (128,), (64,), "graph"),
     ("1d32K dense", 1, (32768,), 1, (32768,), (1,), None, None, "graph"),
 ]
 
@@ -351,9 +353,10 @@ def check_cfgs():
     return [FwdConfig(**{**cfg.__dict__, "count_tiles": True}) for _, cfg, *_ in gpu_cases()]
 
 
-def sweep_main(variants, rounds: int = 2) -> dict:
+def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
     """Per variant: the 13 correctness cases; then every bench row for every variant, ``rounds``
-    times (interleaved, so the spread between rounds is the run-to-run noise), and cuDNN."""
+    times (interleaved, so the spread between rounds is the run-to-run noise), and cuDNN.
+    ``save(result)`` runs after every step, so a run cut short keeps what it measured."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -365,6 +368,7 @@ def sweep_main(variants, rounds: int = 2) -> dict:
     cudnn_done: dict = {}
     for v in variants:
         result["fails"][v] = gpu_main(v)
+        save(result)
     for (name, rank, spatial, H, ks, st, *_, timer), cfg in zip(BENCH_ROWS, cfgs):
         result["cfgs"][name] = [cfg.q_tile_shape, cfg.kv_tile_shape]
         q, k, v_ = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
@@ -396,6 +400,7 @@ def sweep_main(variants, rounds: int = 2) -> dict:
         fastest = min(best, key=best.get)
         print(f"BENCH {name:22s} {line} | cudnn {cud:.3f} | best {fastest} {best[fastest]:.3f} ms "
               f"{cud / best[fastest]:.2f}x {pairs * 4 * 128 / best[fastest] / 1e9:.0f} TF/s", flush=True)
+        save(result)
     return result
 
 
@@ -413,10 +418,14 @@ if __name__ == "__main__":
         import json
 
         chosen = os.environ.get("GNA_P_VARIANTS", ",".join(SWEEP_VARIANTS)).split(",")
-        res = sweep_main(chosen)
-        if out := os.environ.get("OUT"):
-            with open(os.path.join(out, "sweep.json"), "w") as f:
-                json.dump(res, f, indent=1, default=str)
+        out = os.environ.get("OUT")
+
+        def save(result):
+            if out:
+                with open(os.path.join(out, "sweep.json"), "w") as f:
+                    json.dump(result, f, indent=1, default=str)
+
+        res = sweep_main(chosen, save=save)
         sys.exit(sum(res["fails"].values()))
     else:
         sys.exit(gpu_main(os.environ.get("GNA_K1_VARIANT", "serial")))
