@@ -323,17 +323,22 @@ def _graph_ms(fn, calls=20, replays=10) -> float:
 
 
 #: (name, rank, spatial, heads, window, stride, q_tile, kv_tile, timer); tiles None = the default.
-BENCH_ROWS = [
+BENCH_ROWS = [  # most important first: a run cut short keeps these
     ("2d256 dense", 2, (256, 256), 24, (256, 256), (1, 1), None, None, "events"),
-    ("2d256 dense kv8x8", 2, (256, 256), 24, (256, 256), (1, 1), (16, 8), (8, 8), "events"),
     ("2d256 w80 s1", 2, (256, 256), 24, (80, 80), (1, 1), None, None, "events"),
     ("2d256 w80 s1 chosen", 2, (256, 256), 24, (80, 80), (1, 1), "choose", "choose", "events"),
-    ("2d256 w80 s1 kv8x8", 2, (256, 256), 24, (80, 80), (1, 1), (16, 8), (8, 8), "events"),
     ("2d256 w80 s16", 2, (256, 256), 24, (80, 80), (16, 16), None, None, "events"),
     ("1d32K w2048 s1", 1, (32768,), 1, (2048,), (1,), None, None, "graph"),
+    ("2d256 dense kv8x8", 2, (256, 256), 24, (256, 256), (1, 1), (16, 8), (8, 8), "events"),
+    ("2d256 w80 s1 kv8x8", 2, (256, 256), 24, (80, 80), (1, 1), (16, 8), (8, 8), "events"),
     ("1d32K w2048 s1 kv64", 1, (32768,), 1, (2048,), (1,), (128,), (64,), "graph"),
+    ("3d w18x24x24 s1", 3, (30, 48, 80), 24, (18, 24, 24), (1, 1, 1), None, None, "events"),
+    ("3d w18x24x24 s1 chosen", 3, (30, 48, 80), 24, (18, 24, 24), (1, 1, 1), "choose", "choose", "events"),
     ("1d32K dense", 1, (32768,), 1, (32768,), (1,), None, None, "graph"),
 ]
+#: Rows timed for a few variants only (the 3D problem is large: ~50 ms a call).
+ROW_VARIANTS = {"3d w18x24x24 s1": ("serial", "rotated+turns"),
+                "3d w18x24x24 s1 chosen": ("serial", "rotated+turns")}
 
 
 def bench_cfgs(rows=BENCH_ROWS):
@@ -362,7 +367,10 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
 
     cfgs = bench_cfgs()
     t0 = time.time()
-    failed = warm_variants([VariantKey.of(c, v) for v in variants for c in check_cfgs() + cfgs])
+    keys = [VariantKey.of(c, v) for v in variants for c in check_cfgs()]
+    keys += [VariantKey.of(c, v) for row, c in zip(BENCH_ROWS, cfgs) for v in ROW_VARIANTS.get(row[0], variants)
+             if v in variants]
+    failed = warm_variants(keys)
     print(f"warm: {time.time() - t0:.1f}s, {failed} failed", flush=True)
     result = {"fails": {}, "ms": {}, "cudnn_ms": {}, "cfgs": {}}
     cudnn_done: dict = {}
@@ -373,8 +381,9 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
         result["cfgs"][name] = [cfg.q_tile_shape, cfg.kv_tile_shape]
         q, k, v_ = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
         time_fn = _graph_ms if timer == "graph" else _time_ms
+        row_variants = [v for v in ROW_VARIANTS.get(name, variants) if v in variants]
         for r in range(rounds):
-            for v in variants:
+            for v in row_variants:
                 try:
                     _, _, _, launch = run_kernel(cfg, q, k, v_, 128 ** -0.5, v)
                     ms = time_fn(launch)
@@ -389,14 +398,14 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                 sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)  # noqa: E731
                 try:
-                    result["cudnn_ms"][name] = [time_fn(sdpa) for _ in range(rounds)]
+                    result["cudnn_ms"][name] = [time_fn(sdpa) for _ in range(1 if rank == 3 else rounds)]
                 except Exception as e:  # e.g. a graph capture cuDNN refuses: time single calls
                     print(f"cudnn {name}: {type(e).__name__}: {str(e)[:300]}; events instead", flush=True)
-                    result["cudnn_ms"][name] = [_time_ms(sdpa) for _ in range(rounds)]
+                    result["cudnn_ms"][name] = [_time_ms(sdpa)]
         best = {v: min(ts) for v, ts in result["ms"][name].items()}
         cud = min(result["cudnn_ms"][cudnn_done[spatial, H]])
         pairs = math.prod(spatial) * math.prod(ks) * H
-        line = " ".join(f"{v}={'/'.join(f'{t:.3f}' for t in result['ms'][name][v])}" for v in variants)
+        line = " ".join(f"{v}={'/'.join(f'{t:.3f}' for t in result['ms'][name][v])}" for v in row_variants)
         fastest = min(best, key=best.get)
         print(f"BENCH {name:22s} {line} | cudnn {cud:.3f} | best {fastest} {best[fastest]:.3f} ms "
               f"{cud / best[fastest]:.2f}x {pairs * 4 * 128 / best[fastest] / 1e9:.0f} TF/s", flush=True)
@@ -412,7 +421,10 @@ if __name__ == "__main__":
             print(f"compiled {name} in {dt:.1f}s")
     elif what == "warm":  # CPU: fill the variant cache for a later GPU sweep
         chosen = os.environ.get("GNA_P_VARIANTS", ",".join(SWEEP_VARIANTS)).split(",")
-        keys = [VariantKey.of(c, v) for v in chosen for c in check_cfgs() + bench_cfgs()]
+        cfgs = bench_cfgs()
+        keys = [VariantKey.of(c, v) for v in chosen for c in check_cfgs()]
+        keys += [VariantKey.of(c, v) for row, c in zip(BENCH_ROWS, cfgs) for v in ROW_VARIANTS.get(row[0], chosen)
+                 if v in chosen]
         sys.exit(warm_variants(keys, int(sys.argv[2]) if len(sys.argv) > 2 else None))
     elif what == "sweep":
         import json
