@@ -93,11 +93,15 @@ def default_tile_shapes(arch: int, rank: int, head_dim: int) -> tuple[tuple[int,
 
 
 def dilation_problem(spatial_shape: tuple[int, ...], dilation: tuple[int, ...]) -> str | None:
-    """Why the sm90 kernel cannot run this dilation (``L % d != 0`` in some dim), or None."""
+    """Why one kernel launch cannot take this dilation in-kernel (``L % d != 0`` in some dim), or None.
+
+    The host layer never launches such a problem as a whole: it runs those dims group by group on
+    strided views with dilation 1 (``kernels/dilation_split.py``), and every launch passes this check.
+    """
     for i, (n, d) in enumerate(zip(spatial_shape, dilation)):
         if n % d:
             return (
-                f"sm90 kernel needs every spatial size divisible by its dilation; "
+                f"the kernels' in-kernel dilation needs every spatial size divisible by its dilation; "
                 f"dim {i}: {n} % {d} != 0 (spatial_shape={spatial_shape}, dilation={dilation})"
             )
     return None

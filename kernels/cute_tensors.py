@@ -51,24 +51,29 @@ def cute_dtype(name: str) -> Any:
         raise TypeError(f"dtype={name!r} has no CuTe kernel type (supported: {list(types)})")
 
 
-def to_cute(t: torch.Tensor) -> Any:
+def to_cute(t: torch.Tensor, align: int = ALIGN_BYTES) -> Any:
     """Zero-copy CuTe view of ``t``: dynamic extents and strides, innermost stride 1.
 
+    ``align``: the base-pointer alignment the kernel was compiled for (:func:`fake_tensor`).
     ``from_dlpack`` is asked not to synchronize streams; the caller launches on the current stream.
     """
     from cutlass.cute.runtime import from_dlpack
 
-    return from_dlpack(t.detach(), assumed_align=ALIGN_BYTES).mark_layout_dynamic(leading_dim=t.dim() - 1)
+    return from_dlpack(t.detach(), assumed_align=align).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
 
-def fake_tensor(dtype: str, rank: int) -> Any:
-    """Compile-time placeholder of the same type :func:`to_cute` produces for a rank-``rank`` tensor."""
+def fake_tensor(dtype: str, rank: int, align: int = ALIGN_BYTES) -> Any:
+    """Compile-time placeholder of the same type :func:`to_cute` produces for a rank-``rank`` tensor.
+
+    ``align`` (bytes) is what the kernel may assume of the base pointer, and what calls must meet:
+    16 for tensors TMA touches; a tensor stored element by element needs only its element size.
+    """
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_fake_tensor
 
     shape = tuple(cute.sym_int32() for _ in range(rank))
     stride = tuple(cute.sym_int64() for _ in range(rank - 1)) + (1,)
-    return make_fake_tensor(cute_dtype(dtype), shape, stride, assumed_align=ALIGN_BYTES)
+    return make_fake_tensor(cute_dtype(dtype), shape, stride, assumed_align=align)
 
 
 @lru_cache(maxsize=None)

@@ -7,7 +7,9 @@ needs neither a GPU nor the CuTe DSL; both are touched only when a kernel is ask
 
 Flow of a call: check -> :class:`FwdConfig` (the static part of the problem, also the compile-cache
 key) -> compiled kernel from :mod:`compile_cache` -> launch on torch's current stream with
-zero-copy views of the user's heads-last tensors (:mod:`cute_tensors`).
+zero-copy views of the user's heads-last tensors (:mod:`cute_tensors`).  A dim whose dilation
+does not divide its size runs one launch per dilation group on strided views
+(:mod:`dilation_split`); all launches of a call share one compiled kernel.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from gna_cute import neighborhood
-from gna_cute.kernels import compile_cache, config, cute_tensors, tile_choice
+from gna_cute.kernels import compile_cache, config, cute_tensors, dilation_split, tile_choice
 from gna_cute.kernels.config import FwdConfig
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -29,6 +31,8 @@ SUPPORTED_HEAD_DIMS = (32, 64, 128)
 _ARCH_NAME = {90: "sm90", 100: "sm100"}
 _CC_MAJOR = {90: 9, 100: 10}
 _INT32_MAX = 2**31 - 1
+# LSE is stored element by element (no TMA): its views (one per dilation group) need only fp32 alignment.
+_LSE_ALIGN_BYTES = 4
 
 
 def _kernel_class(arch: int) -> type:
@@ -105,13 +109,12 @@ def problem_reason(args: Any, arch: int) -> str | None:
         return f"{name} needs the value head dim equal to the query/key head dim, got {head_dim_v} != {head_dim}"
     if args.additional_keys is not None or args.additional_values is not None:
         return f"{name} does not support additional_keys/additional_values"
+    # Aligned strides here keep every per-group view of a split dim aligned (dilation_split).
     for t_name, t in (("q", q), ("k", k), ("v", v)):
         if problem := cute_tensors.layout_problem(t_name, t):
             return f"{name}: {problem}"
         if max(t.shape) > _INT32_MAX:
             return f"{name}: {t_name} has an extent over 2^31 - 1: {tuple(t.shape)}"
-    if problem := config.dilation_problem(args.params.spatial_shape, args.params.dilation):
-        return problem
     tiles = _tile_shapes(args, arch)
     if isinstance(tiles, str):
         return tiles
@@ -131,7 +134,11 @@ def can_run(args: Any, arch: int) -> str | None:
 
 
 def make_config(args: Any, arch: int, count_tiles: bool = False) -> FwdConfig:
-    """The static configuration (compile-cache key) of ``args`` on ``arch``; args must be runnable."""
+    """The static configuration (compile-cache key) of ``args`` on ``arch``; args must be runnable.
+
+    A dim whose dilation does not divide its size has dilation 1 here: it runs group by group
+    (:mod:`dilation_split`), every group with this one config.
+    """
     tiles = _tile_shapes(args, arch)
     if isinstance(tiles, str):
         raise ValueError(tiles)
@@ -145,7 +152,7 @@ def make_config(args: Any, arch: int, count_tiles: bool = False) -> FwdConfig:
         kv_tile_shape=tuple(tiles[1]),
         kernel_size=p.kernel_size,
         stride=p.stride,
-        dilation=p.dilation,
+        dilation=dilation_split.kernel_dilation(p),
         is_causal=p.is_causal,
         count_tiles=count_tiles,
     )
@@ -174,7 +181,7 @@ def _build(key: CompileKey) -> Any:
         fake(cfg.dtype, rank + 3),  # k
         fake(cfg.dtype, rank + 3),  # v
         fake(cfg.dtype, rank + 3),  # out
-        fake("float32", rank + 2),  # lse [B, *spatial, H]
+        fake("float32", rank + 2, align=_LSE_ALIGN_BYTES),  # lse [B, *spatial, H]
         fake("int32", 2 * rank + 1),  # counts (2, *dilation, *tiles)
         cutlass.Float32(1.0),
         cute_tensors.fake_stream(key.tvm_ffi),
@@ -226,29 +233,48 @@ def counts_shape(params: Any, q_tile_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (2, *params.dilation, *tiles)
 
 
-def _launch(args: Any, arch: int, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _launch(args: Any, arch: int, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """Run the kernel (one launch per dilation group of split dims); counts only if ``count_tiles``."""
     if reason := can_run(args, arch):
         raise ValueError(reason)
-    cfg = make_config(args, arch, count_tiles)
+    cfg = make_config(args, arch, count_tiles)  # tiles chosen once, for the whole problem
     kernel = compiled_kernel(cfg)
-    q, k, v = args.q, args.k, args.v
+    q, v = args.q, args.v
     out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
-    shape = counts_shape(args.params, cfg.q_tile_shape) if count_tiles else (1,) * (2 * cfg.rank + 1)
-    counts = torch.zeros(shape, dtype=torch.int32, device=q.device)
     scale_log2 = args.scale * math.log2(math.e)
+    parts = dilation_split.split(args, out, lse)
+    unused = None if count_tiles else torch.zeros((1,) * (2 * cfg.rank + 1), dtype=torch.int32, device=q.device)
+    part_counts = []
     with torch.cuda.device(q.device):
-        if cute_tensors.use_tvm_ffi():  # tensors as they are; the stream is torch's current one
-            kernel(q.detach(), k.detach(), v.detach(), out, lse, counts, scale_log2)
-        else:
-            import cutlass
+        for part in parts:
+            counts = unused
+            if count_tiles:
+                shape = counts_shape(part.args.params, cfg.q_tile_shape)
+                counts = torch.zeros(shape, dtype=torch.int32, device=q.device)
+            _call(kernel, part, counts, scale_log2)
+            part_counts.append(counts)
+    if not count_tiles:
+        return out, lse, None
+    total = np.zeros(counts_shape(args.params, cfg.q_tile_shape), dtype=np.int64)
+    for part, counts in zip(parts, part_counts):  # .cpu() synchronizes: debug path only
+        dilation_split.place_counts(total, part, counts.cpu().numpy().astype(np.int64))
+    return out, lse, total
 
-            to_cute = cute_tensors.to_cute
-            kernel(
-                to_cute(q), to_cute(k), to_cute(v), to_cute(out), to_cute(lse), to_cute(counts),
-                cutlass.Float32(scale_log2), cute_tensors.current_stream(q.device),
-            )  # fmt: skip
-    return out, lse, counts
+
+def _call(kernel: Any, part: dilation_split.GroupPart, counts: torch.Tensor, scale_log2: float) -> None:
+    """One launch on torch's current stream, writing through ``part``'s out/lse views."""
+    q, k, v = part.args.q, part.args.k, part.args.v
+    if cute_tensors.use_tvm_ffi():  # tensors as they are; the stream is torch's current one
+        kernel(q.detach(), k.detach(), v.detach(), part.out, part.lse, counts, scale_log2)
+        return
+    import cutlass
+
+    to_cute = cute_tensors.to_cute
+    kernel(
+        to_cute(q), to_cute(k), to_cute(v), to_cute(part.out), to_cute(part.lse, align=_LSE_ALIGN_BYTES),
+        to_cute(counts), cutlass.Float32(scale_log2), cute_tensors.current_stream(q.device),
+    )  # fmt: skip
 
 
 def forward(args: Any, arch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,10 +287,11 @@ def tile_counts(args: Any, arch: int) -> np.ndarray:
     """Visited / full KV tiles per (dilation group, Q tile), as the kernel counted them.
 
     int64 ``(2, *dilation, *tiles)`` (team contract 4), the layout ``gna_cute.sim.tile_counts``
-    returns.  Runs the kernel compiled with ``count_tiles=True`` and synchronizes.
+    returns; a problem run group by group has its launches' counts assembled into it.  Runs the
+    kernel compiled with ``count_tiles=True`` and synchronizes.
     """
     _, _, counts = _launch(args, arch, count_tiles=True)
-    return counts.cpu().numpy().astype(np.int64)
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,6 @@ def test_supported_problem_has_no_reason() -> None:
         (dict(dtype=torch.float32), ["float32"]),
         (dict(dim=96), ["head dim", "96"]),
         (dict(dim_v=32), ["value head dim", "32"]),
-        (dict(spatial=(15, 12), dilation=(2, 1), kernel_size=(3, 3)), ["divisible", "15"]),
         (dict(q_tile_shape=(16, 8)), ["kv_tile_shape=None"]),
         (dict(q_tile_shape=(3, 5), kv_tile_shape=(16, 8)), ["(3, 5)", "supported"]),
     ],
