@@ -8,8 +8,9 @@ backend; a test module puts them in its namespace and adds its skip marker:
 
 What they check: output and LSE against the fp32 reference and an fp64 truth over the seeded sweep
 (``kernel_sweep``: 294 random problems over 42 static configurations, the worked examples of the
-semantics doc, the three headline shapes), the kernel's visited/full tile counts against the
-simulator, ``backend="auto"`` picking the kernel, CUDA-graph capture and replay, and
+semantics doc, the three headline shapes; plus ``kernel_sweep.dilation_remainder_cases``: 42
+problems whose spatial sizes are not divisible by their dilation, run group by group), the kernel's
+visited/full tile counts against the simulator (also assembled over those groups), ``backend="auto"`` picking the kernel, CUDA-graph capture and replay, and
 ``torch.compile(fullgraph=True)`` through ``torch.ops.gna_cute.attention``.  Every configuration is
 compiled once, up front, in parallel processes (``interface.warm``), into the disk cache.
 """
@@ -34,12 +35,18 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         return config.supported_tile_shapes(arch, rank, head_dim)
 
     random_cases = ks.random_cases(seed=2024, n_static=42, per_static=7, tile_pairs=tile_pairs)
-    cases = random_cases + ks.worked_example_cases()
+    remainder = ks.dilation_remainder_cases(seed=5, n_static=12, per_static=3, tile_pairs=tile_pairs)
+    cases = random_cases + ks.worked_example_cases() + remainder
     headline = ks.headline_cases()
-    # tile counts: the first two problems of the first six random configurations, the 2D headline
-    count_cases = [c for i, c in enumerate(random_cases) if i % 7 < 2 and i < 42] + [
-        dataclasses.replace(c, heads=1) for c in headline if c.static.rank == 2
-    ]
+    # tile counts: the first two problems of the first six random configurations, the 2D headline,
+    # the first problem of every remainder configuration and the fixed remainder problems
+    count_cases = (
+        [c for i, c in enumerate(random_cases) if i % 7 < 2 and i < 42]
+        + [dataclasses.replace(c, heads=1) for c in headline if c.static.rank == 2]
+        + [c for i, c in enumerate(remainder) if i % 3 == 0 or i >= 36]
+    )
+    # one launch and several (dilation group by group) under CUDA graphs and torch.compile
+    replay_cases = [cases[1], remainder[-1]]
     kernel = {
         "can_run": getattr(interface, f"can_run_{name}"),
         "forward": getattr(interface, f"forward_{name}"),
@@ -93,8 +100,9 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         assert counts.dtype == np.int64 and counts.shape == expected.shape
         np.testing.assert_array_equal(counts, expected)
 
-    def test_auto_picks_the_kernel(compile_errors: dict) -> None:
-        args = prepare(cases[1], compile_errors)
+    @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
+    def test_auto_picks_the_kernel(case: ks.Case, compile_errors: dict) -> None:
+        args = prepare(case, compile_errors)
         assert backends.choose(args).backend.name == name
 
     def op(args, backend: str = name):
@@ -104,8 +112,8 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
             args.scale, None, None, backend, None, None,
         )  # fmt: skip
 
-    def test_cuda_graph_capture_and_replay(compile_errors: dict) -> None:
-        case = cases[1]
+    @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
+    def test_cuda_graph_capture_and_replay(case: ks.Case, compile_errors: dict) -> None:
         args = prepare(case, compile_errors)
         op(args)  # compile / load outside the capture
         torch.cuda.synchronize()
@@ -122,8 +130,9 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
             torch.testing.assert_close(out, eager_out, rtol=0, atol=0)
             torch.testing.assert_close(lse, eager_lse, rtol=0, atol=0)
 
-    def test_torch_compile_fullgraph(compile_errors: dict) -> None:
-        args = prepare(cases[1], compile_errors)
+    @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
+    def test_torch_compile_fullgraph(case: ks.Case, compile_errors: dict) -> None:
+        args = prepare(case, compile_errors)
         p = args.params
 
         @torch.compile(fullgraph=True)

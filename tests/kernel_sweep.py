@@ -171,6 +171,63 @@ def random_cases(seed: int, n_static: int, per_static: int, tile_pairs) -> list[
     return cases
 
 
+def _remainder_static(rng: random.Random, rank: int, tile_pairs) -> Static:
+    """A random static configuration with dilation >= 2 in at least one dim."""
+    lo, hi = _WINDOW_RANGE[rank]
+    hi = min(hi, {1: 100, 2: 12, 3: 5}[rank])  # room for d * w tokens per dim within the budget
+    static = _random_static(rng, rank, tile_pairs)
+    dl = [rng.choice([1, 2, 3, 4]) for _ in range(rank)]
+    dl[rng.randrange(rank)] = rng.choice([2, 3, 4])
+    ks = [min(w, hi) for w in static.kernel_size]
+    st = [min(s, w) for s, w in zip(static.stride, ks)]
+    return Static(static.dtype, static.head_dim, tuple(ks), tuple(st), tuple(dl), static.is_causal, static.tiles)
+
+
+def _remainder_spatial(rng: random.Random, s: Static) -> tuple[int, ...]:
+    """Sizes with ``L % d != 0`` in at least one dilated dim (others dilated dims may divide)."""
+    dilated = [i for i, d in enumerate(s.dilation) if d > 1]
+    for _ in range(200):
+        must = rng.choice(dilated)
+        spatial = []
+        for i, (w, d) in enumerate(zip(s.kernel_size, s.dilation)):
+            group = rng.choice([w, w + rng.randint(1, 5), rng.randint(w, max(w, _BIG_GROUP[s.rank]))])
+            rest = rng.randint(1, d - 1) if d > 1 and (i == must or rng.random() < 0.5) else 0
+            spatial.append(group * d + rest)
+        if math.prod(spatial) <= _TOKEN_BUDGET[s.rank]:
+            return tuple(spatial)
+    return tuple(w * d + (1 if i == dilated[0] else 0) for i, (w, d) in enumerate(zip(s.kernel_size, s.dilation)))
+
+
+def dilation_remainder_cases(seed: int, n_static: int, per_static: int, tile_pairs) -> list[Case]:
+    """Spatial sizes not divisible by their dilation (run group by group on strided views).
+
+    Random static configurations (ranks in turn, GQA/MQA, causal, strides, a third with
+    non-default tiles), ``per_static`` problems each, plus fixed ones: the semantics doc's
+    dilation example (L = 10, d = 3) and a mix of a dividing and a non-dividing dilated dim.
+    """
+    rng = random.Random(seed)
+    cases = []
+    for i in range(n_static):
+        static = _remainder_static(rng, 1 + i % 3, tile_pairs)
+        for _ in range(per_static):
+            kv_heads = rng.choice([1, 2, 3])
+            heads = kv_heads * rng.choice([1, 2, 4])
+            cases.append(Case(static, _remainder_spatial(rng, static), batch=rng.choice([1, 2]), heads=heads,
+                              kv_heads=kv_heads, seed=rng.randrange(2**31), label="dilrem"))  # fmt: skip
+    fixed = [
+        ((10,), (3,), (1,), (3,), (False,), 2, 1),  # the semantics doc's worked dilation example
+        ((1001,), (150,), (7,), (3,), (True,), 4, 2),
+        ((37, 24), (7, 5), (2, 1), (2, 3), (False, True), 4, 2),  # dim 1: 24 % 3 == 0, in-kernel
+        ((50, 23), (6, 9), (6, 3), (3, 2), (True, False), 3, 1),
+        ((13, 10, 11), (3, 4, 2), (1, 2, 2), (2, 2, 3), (False, False, True), 2, 1),
+        ((9, 14, 21), (2, 3, 6), (2, 3, 1), (4, 1, 3), (True, False, False), 6, 2),
+    ]
+    for j, (spatial, w, s, d, c, heads, kv_heads) in enumerate(fixed):
+        static = Static(torch.float16 if j % 2 == 0 else torch.bfloat16, (64, 128, 32)[j % 3], w, s, d, c)
+        cases.append(Case(static, spatial, 1 + j % 2, heads, kv_heads, seed=300 + j, label="dilrem"))
+    return cases
+
+
 def worked_example_cases() -> list[Case]:
     """The worked checks of docs/semantics.md, as kernel problems (1D, L = 10)."""
     examples = [
