@@ -8,6 +8,7 @@ against the simulator's counts of the whole problem.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 
@@ -171,3 +172,51 @@ def test_bad_groups_name_the_argument() -> None:
         dilation_split.group_params(params, (3,))
     with pytest.raises(ValueError, match="groups"):
         dilation_split.group_params(params, (0, 0))
+
+
+class _KernelStandIn:
+    """Behaves like a compiled kernel for ``cfg`` on CPU: reads the tensors it is handed (views),
+    computes with the reference backend, writes out/lse in place and, if asked, the simulator's counts."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.calls = 0
+
+    def __call__(self, q, k, v, out, lse, counts, scale_log2) -> None:
+        cfg = self.cfg
+        self.calls += 1
+        for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
+            assert cute_tensors.layout_problem(name, t) is None
+        params = GNAParams.make(tuple(q.shape[1:-2]), cfg.kernel_size, cfg.stride, cfg.dilation, cfg.is_causal)
+        assert config.dilation_problem(params.spatial_shape, params.dilation) is None
+        o, l = reference_forward(q, k, v, params, scale_log2 / math.log2(math.e))
+        out.copy_(o)
+        lse.copy_(l)
+        if cfg.count_tiles:
+            counts.copy_(torch.from_numpy(sim.tile_counts(params, cfg.q_tile_shape, cfg.kv_tile_shape)))
+
+
+@pytest.mark.parametrize("p", PROBLEMS[1:5], ids=[str(i) for i in range(1, 5)])
+def test_host_layer_launches_every_group(p: dict, monkeypatch) -> None:
+    """interface.forward / tile_counts end to end on CPU, a stand-in kernel per compiled config."""
+    kernels = {}
+
+    def compiled(cfg):
+        return kernels.setdefault(cfg, _KernelStandIn(cfg))
+
+    monkeypatch.setattr(interface, "can_run", interface.problem_reason)
+    monkeypatch.setattr(interface, "compiled_kernel", compiled)
+    monkeypatch.setattr(interface.cute_tensors, "use_tvm_ffi", lambda: True)  # kernels take torch tensors
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    args = _args(p, heads=4, kv_heads=2, dim=32, dtype=torch.float16)
+    out, lse = interface.forward(args, 90)
+    (kernel,) = kernels.values()  # one compiled config serves every launch
+    assert kernel.calls == dilation_split.num_launches(args.params) > 1
+    mask = neighborhood_mask(p["spatial"], p["kernel_size"], p["stride"], p["dilation"], p["is_causal"])
+    truth_out, truth_lse = attention_fp64(args.q, args.k, args.v, mask, args.scale)
+    torch.testing.assert_close(out.double(), truth_out, rtol=0, atol=2e-3)
+    torch.testing.assert_close(lse.double(), truth_lse, rtol=0, atol=1e-4)
+    counts = interface.tile_counts(args, 90)
+    cfg = interface.make_config(args, 90, count_tiles=True)
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, sim.tile_counts(args.params, cfg.q_tile_shape, cfg.kv_tile_shape))
