@@ -129,7 +129,7 @@ def _random_static(rng: random.Random, rank: int, tile_pairs) -> Static:
 
 
 def _random_spatial(rng: random.Random, s: Static, whole_axis: bool) -> tuple[int, ...]:
-    """Sizes divisible by the dilation (the sm90 constraint), otherwise arbitrary, within budget."""
+    """Sizes divisible by the dilation (one launch; ``dilation_remainder_cases`` covers the rest), within budget."""
     for _ in range(50):
         spatial = []
         for w, d in zip(s.kernel_size, s.dilation):
