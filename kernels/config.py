@@ -10,8 +10,9 @@ What the Hopper kernel (``kernels/sm90_fwd.py``) supports, for the host layer's 
   both shapes from :func:`supported_tile_shapes`.
 - head_dim == head_dim_v in (32, 64, 128); float16 / bfloat16.
 - Dilation: each tile lives in one dilation group, loaded through an ``(L/d, d)`` view of the
-  axis, so **every spatial size must be divisible by its dilation** (``L % d == 0`` per dim);
-  the host layer refuses other problems with that reason (:func:`dilation_problem`).
+  axis, so one launch needs every spatial size divisible by its dilation (:func:`dilation_problem`).
+  The host layer meets that for any size: a dim with ``L % d != 0`` is split into one launch per
+  dilation group on strided views (``kernels/dilation_split.py``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ as ``(tokens, D, H, [groups,] B)``, with the spatial dims grouped into one hiera
 (last spatial dim first, i.e. fastest) and, under dilation, each spatial dim split as ``(L/d, d)``,
 a Q or KV tile of one dilation group is a box ``((t_last, .., t_0), D)`` of that view, which
 ``cpasync.make_tiled_tma_atom`` turns into one bulk tensor copy that zero-fills (load) or clips
-(store) at the borders.  Requires ``L % d == 0`` per dim (``config.dilation_problem``).
+(store) at the borders.  One view needs ``L % d == 0`` per dim (``config.dilation_problem``);
+the host layer splits other dims per dilation group (``kernels/dilation_split.py``).
 """
 
 from __future__ import annotations
