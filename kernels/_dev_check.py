@@ -102,6 +102,20 @@ def _build_variant(key: VariantKey):
     return cute.compile(GNAFwdSm90(key.cfg, **dict(key.options)), *_fake_args(key.cfg))
 
 
+def _code_only(path) -> str:
+    """The source's syntax tree without docstrings (comments are not in it): edits to the text
+    around the code do not invalidate compiled kernels."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def _variant_cache():
     """Disk-backed cache of variant kernels, keyed by the sm90 kernel's own sources only (edits to
     other ``kernels/*.py`` files must not invalidate a cache built on another machine)."""
@@ -116,8 +130,8 @@ def _variant_cache():
     here = Path(__file__).resolve().parent
     h = hashlib.sha256(f"{cutlass.__version__};{platform.machine()}".encode())
     for name in ("sm90_fwd", "softmax", "mask", "scheduler", "tile_views", "dsl_values", "config"):
-        h.update((here / f"{name}.py").read_bytes())
-    h.update(Path(neighborhood.__file__).read_bytes())
+        h.update(_code_only(here / f"{name}.py").encode())
+    h.update(_code_only(Path(neighborhood.__file__)).encode())
     directory = compile_cache.default_root() / "dev_variants" / h.hexdigest()[:20]
 
     class _Cache(compile_cache.KernelCache):
