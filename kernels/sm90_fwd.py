@@ -91,8 +91,9 @@ class GNAFwdSm90:
         if cfg.kv_tile_size % 16 or not 16 <= cfg.kv_tile_size <= 256:
             raise ValueError(f"kv_tile_shape={cfg.kv_tile_shape} must hold a multiple of 16 tokens, 16..256")
         self.cfg = cfg
-        # QK(j) overlapped with PV(j-1) inside each warpgroup.  Off by default: on the H100 it
-        # measured slower than the serial loop (2D 256^2 w80: 15.8 vs 13.8 ms; dense 98.7 vs 93.4).
+        # QK(j) overlapped with PV(j-1) inside each warpgroup.  Off by default: on the H100 the
+        # rotated form wins 3-8 % on full-tile KV-128 loops (dense, block-sparse strides) but loses
+        # 1-3 % where many tiles are masked or KV tiles hold 64 tokens (docs/sm90-kernel.md).
         self.overlap = overlap
         self.turns = turns and overlap  # the two warpgroups take turns issuing GEMMs
         self.rotate = rotate and overlap  # overlapped loop with the PV wait at the iteration's top
