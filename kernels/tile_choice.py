@@ -8,11 +8,12 @@ turns those counts into a relative time, and the cheapest supported tiling wins.
 
 Cost of one (batch, head), in units of one KV token of an unmasked tile pair::
 
-    cost = (full + (1 + MASK_FACTOR) * partial) * (kv_tile_tokens + TILE_OVERHEAD)
-           + Q_TILE_OVERHEAD * q_tiles
+    cost = q * ((full + (1 + MASK_FACTOR) * partial) * (kv_tile_tokens + TILE_OVERHEAD)
+                + Q_TILE_OVERHEAD * q_tiles),        q = q_tile_tokens / 128
 
-Every Q tile holds 128 tokens on both architectures, so the Q tile size is a common factor and
-drops out; head dim scales every term alike and drops out too.  The constants were fitted on the
+Every supported Q tile holds 128 tokens today (q = 1); a larger Q tile (sm100 may add 256-token
+ones) is costed as proportionally more work per pair, which is an assumption until measured.
+Head dim scales every term alike and drops out.  The constants were fitted on the
 H100 (serial mainloop, fp16, D = 128; ``docs/sm90-kernel.md``, "Tile shapes chosen per problem"):
 
 * ``TILE_OVERHEAD`` -- the part of a tile pair's time that does not shrink with the KV tile
@@ -85,8 +86,9 @@ def tile_cost(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: t
 
     stats = simulate(params, Tiling(tuple(q_tile_shape), tuple(kv_tile_shape)))
     per_pair = prod(kv_tile_shape) + model.tile_overhead
-    cost = ((stats.full + (1.0 + model.mask_factor) * stats.partial) * per_pair
-            + model.q_tile_overhead * stats.q_tiles)
+    q_scale = prod(q_tile_shape) / 128.0  # work per pair grows with the Q rows (1 for all sm90 tiles)
+    cost = q_scale * ((stats.full + (1.0 + model.mask_factor) * stats.partial) * per_pair
+                      + model.q_tile_overhead * stats.q_tiles)
     return TileCost(tuple(q_tile_shape), tuple(kv_tile_shape), stats.full, stats.partial,
                     stats.q_tiles, stats.block_sparse, cost)
 

@@ -106,6 +106,19 @@ def test_costs_follow_the_documented_formula() -> None:
     assert c1.cost == pytest.approx((c1.full + 1.5 * c1.partial) * 74 + 100 * c1.q_tiles)
 
 
+def test_q_tile_size_scales_the_cost() -> None:
+    """A 256-token Q tile does twice the work per pair: same counts, twice the cost of 128 rows."""
+    params = GNAParams.make((1024,), 256, 256)
+    m = tile_choice.CostModel(mask_factor=0.5, tile_overhead=10.0, q_tile_overhead=100.0)
+    c128 = tile_choice.tile_cost(params, (128,), (128,), m)
+    c256 = tile_choice.tile_cost(params, (256,), (128,), m)
+    # s=w=256: each 256-token Q tile sees 2 full KV tiles, each 128-token one also 2
+    assert (c128.full, c128.partial, c128.q_tiles) == (16, 0, 8)
+    assert (c256.full, c256.partial, c256.q_tiles) == (8, 0, 4)
+    assert c128.cost == pytest.approx(16 * 138 + 8 * 100)
+    assert c256.cost == pytest.approx(2 * (8 * 138 + 4 * 100))
+
+
 def test_overhead_decides_between_kv_sizes() -> None:
     """1D s=1: small KV tiles waste less at the window edge but pay the per-tile overhead twice
     as often; with no overhead the 64 tile must win, with a large one the 128 tile."""
