@@ -155,6 +155,7 @@ def make_config(args: Any, arch: int, count_tiles: bool = False) -> FwdConfig:
         dilation=dilation_split.kernel_dilation(p),
         is_causal=p.is_causal,
         count_tiles=count_tiles,
+        mainloop=tile_choice.choose_mainloop(arch, p, tuple(tiles[0]), tuple(tiles[1])),
     )
 
 

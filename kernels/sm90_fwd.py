@@ -35,6 +35,7 @@ from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
 from gna_cute.kernels.softmax import OnlineSoftmax, acc_rows_view, rescale_rows
 
 _DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
+MAINLOOPS = ("serial", "rotated")
 _SMEM_BUDGET = 220 * 1024
 # With O staged in Q's smem: the H100's 227 KiB per block less 1 KiB for the mbarriers (aligned).
 _SMEM_BUDGET_ALIASED = 227 * 1024 - 1024
@@ -77,8 +78,8 @@ class GNAFwdSm90:
     num_mma_regs = 240
 
     def __init__(
-        self, cfg: FwdConfig, overlap: bool = False, turns: bool = True, rotate: bool = False,
-        alias_o: bool = False, stages: int | None = None,
+        self, cfg: FwdConfig, overlap: bool | None = None, turns: bool = True,
+        rotate: bool | None = None, alias_o: bool = False, stages: int | None = None,
     ) -> None:
         if cfg.arch != 90:
             raise ValueError(f"cfg.arch={cfg.arch}: GNAFwdSm90 is the sm90 kernel")
@@ -90,7 +91,15 @@ class GNAFwdSm90:
             raise ValueError(f"q_tile_shape={cfg.q_tile_shape} must hold 128 tokens (2 warpgroups x 64 rows)")
         if cfg.kv_tile_size % 16 or not 16 <= cfg.kv_tile_size <= 256:
             raise ValueError(f"kv_tile_shape={cfg.kv_tile_shape} must hold a multiple of 16 tokens, 16..256")
+        if cfg.mainloop not in MAINLOOPS:
+            raise ValueError(f"cfg.mainloop={cfg.mainloop!r} must be one of {MAINLOOPS}")
         self.cfg = cfg
+        # Flags left as None follow cfg.mainloop ("rotated" = overlap + rotate + turns); _dev_check
+        # passes them explicitly to time every variant.
+        if overlap is None:
+            overlap = cfg.mainloop == "rotated"
+        if rotate is None:
+            rotate = cfg.mainloop == "rotated"
         # QK(j) overlapped with PV(j-1) inside each warpgroup.  Off by default: on the H100 the
         # rotated form wins 3-8 % on full-tile KV-128 loops (dense, block-sparse strides) but loses
         # 1-3 % where many tiles are masked or KV tiles hold 64 tokens (docs/sm90-kernel.md).

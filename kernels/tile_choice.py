@@ -129,3 +129,23 @@ def choose_tile_shapes(arch: int, params: GNAParams, head_dim: int,
     """
     best = rank_tilings(arch, params, head_dim, model)[0]
     return best.q_tile_shape, best.kv_tile_shape
+
+
+#: Largest fraction of masked tile pairs for which the rotated (overlapped) sm90 mainloop is used.
+ROTATED_MAX_MASKED = 0.15
+
+
+@lru_cache(maxsize=1024)
+def choose_mainloop(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
+                    kv_tile_shape: tuple[int, ...]) -> str:
+    """The sm90 mainloop for this problem and tiling (``FwdConfig.mainloop``).
+
+    Measured on the H100 (docs/sm90-kernel.md): the rotated loop (QK(j) overlapped with PV(j-1))
+    wins 3-8 % on loops of mostly unmasked 128-token KV tiles (dense, block-sparse strides, 1D
+    s=1 with 11 % masked) and loses 1-3 % where many tiles are masked or KV tiles hold 64 tokens.
+    """
+    if arch != 90 or prod(kv_tile_shape) != 128:
+        return "serial"
+    cost = tile_cost(params, q_tile_shape, kv_tile_shape)
+    masked = cost.partial / max(1, cost.full + cost.partial)
+    return "rotated" if masked <= ROTATED_MAX_MASKED else "serial"
