@@ -24,8 +24,15 @@ def _check(q, k, v, kernel_size, stride, dilation, is_causal, scale, ek, ev, q_t
 
 
 def _tuple(x):
-    """The op receives lists; GNAParams and the tile checks want tuples (hashable)."""
-    return tuple(x) if isinstance(x, list) else x
+    """The op receives lists; GNAParams and the tile checks want tuples (hashable) of plain ints.
+
+    Under ``torch.compile``, an int list argument whose values changed since the last compile is
+    made symbolic (automatic dynamic); the neighborhood is static, so each ``SymInt`` is
+    specialized to its value here (``int()`` adds the guard that recompiles on a new value).
+    """
+    if not isinstance(x, list):
+        return x
+    return tuple(int(v) if isinstance(v, torch.SymInt) else v for v in x)
 
 
 @torch.library.custom_op("gna_cute::attention", mutates_args=())

@@ -93,3 +93,32 @@ def test_compile_fullgraph_public_function():
     want_out, want_lse = _expected(q, k, v, (3, 4), (1, 2), (2, 1), (False, True), 8**-0.5)
     torch.testing.assert_close(out.double(), want_out, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(lse.double(), want_lse, atol=2e-5, rtol=1e-5)
+
+
+def test_compile_recompiles_for_new_neighborhood():
+    """A second neighborhood through the same compiled code stays exact.
+
+    Dynamo makes int-list arguments whose values changed symbolic on a recompile (automatic
+    dynamic); the op must specialize them instead of rejecting them (seen on the H100 suite).
+    """
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(3)
+
+    def run(kernel_size, spatial):
+        rank = len(kernel_size)
+        q, k, v = (torch.randn(1, *spatial, 2, 8, generator=gen) for _ in range(3))
+
+        @torch.compile(fullgraph=True, backend="aot_eager")
+        def f(q, k, v):
+            return torch.ops.gna_cute.attention(
+                q, k, v, list(kernel_size), [1] * rank, [1] * rank, [False] * rank, None
+            )
+
+        out, lse = f(q, k, v)
+        want_out, want_lse = _expected(q, k, v, kernel_size, (1,) * rank, (1,) * rank, (False,) * rank, 8**-0.5)
+        torch.testing.assert_close(out.double(), want_out, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(lse.double(), want_lse, atol=2e-5, rtol=1e-5)
+
+    run((3, 3), (8, 9))
+    run((5, 3), (9, 10))
+    run((7, 2), (9, 10))
