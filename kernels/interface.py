@@ -245,7 +245,7 @@ def _launch(args: Any, arch: int, count_tiles: bool) -> tuple[torch.Tensor, torc
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     scale_log2 = args.scale * math.log2(math.e)
     parts = dilation_split.split(args, out, lse)
-    unused = None if count_tiles else torch.zeros((1,) * (2 * cfg.rank + 1), dtype=torch.int32, device=q.device)
+    unused = None if count_tiles else torch.empty((1,) * (2 * cfg.rank + 1), dtype=torch.int32, device=q.device)  # never read
     part_counts = []
     with torch.cuda.device(q.device):
         for part in parts:

@@ -188,3 +188,15 @@ def test_reference_backend_explicit_does_not_warn(monkeypatch):
         warnings.simplefilter("always")
         gna_cute.attention(q, q, q, 4, backend="reference")
     assert not caught
+
+
+def test_gradient_request_is_refused_not_silently_dropped():
+    """Forward only: an input that needs a gradient goes through the op, whose backward raises."""
+    q, k, v = (torch.randn(1, 8, 2, 4, requires_grad=True) for _ in range(3))
+    out = gna_cute.attention(q, k, v, 3)
+    assert out.requires_grad
+    with pytest.raises(RuntimeError, match="autograd"):
+        out.sum().backward()
+    with torch.no_grad():  # no gradient asked for: the eager path, same numbers
+        plain = gna_cute.attention(q, k, v, 3)
+    torch.testing.assert_close(plain, out.detach())
