@@ -131,15 +131,20 @@ class Problem:
         return prod(self.spatial_shape)
 
     def tile_shapes(self, arch: int = 90) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Tiles our kernel uses: the problem's, else the kernel config's default, else issue 7's."""
+        """Tiles our kernel uses: the problem's, else the kernel's own choice (the simulator-ranked
+        ``tile_choice``, as ``gna_cute.attention`` picks them), else issue 7's."""
         if self.q_tile_shape is not None:
             return self.q_tile_shape, self.kv_tile_shape
-        try:
-            from gna_cute.kernels import config
+        return self.chosen_tile_shapes(arch)
 
-            q, kv = config.default_tile_shapes(arch, self.rank, self.head_dim)
+    def chosen_tile_shapes(self, arch: int = 90) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The tiles the kernel picks when none are given (``kernels.tile_choice``)."""
+        try:
+            from gna_cute.kernels import tile_choice
+
+            q, kv = tile_choice.choose_tile_shapes(arch, self.params, self.head_dim)
             return tuple(q), tuple(kv)
-        except (ImportError, AttributeError):
+        except (ImportError, AttributeError, ValueError):
             return FALLBACK_TILES[self.rank]
 
     # -- derived quantities (simulator) ----------------------------------------------------------

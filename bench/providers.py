@@ -232,6 +232,39 @@ class GnaCute:
                               + ("" if q_tile else " (kernel default)")})
 
 
+class GnaCuteAuto(GnaCute):
+    """Ours with the tiles the kernel picks itself (simulator-ranked), where they differ from the
+    problem's named tiles; the tile bound of the chosen tiles is in the notes."""
+
+    name = "gna_cute-auto"
+
+    def can_run(self, problem: Problem) -> str | None:
+        arch = _our_arch() or 90
+        if problem.q_tile_shape is None or problem.chosen_tile_shapes(arch) == problem.tile_shapes(arch):
+            return "the kernel's own tile choice equals the problem's tiles (see gna_cute)"
+        return None
+
+    def setup(self, problem: Problem, q, k, v, scale: float) -> Prepared:
+        import gna_cute
+
+        arch = _our_arch()
+        backend = {90: "sm90", 100: "sm100"}[arch]
+        q_tile, kv_tile = problem.chosen_tile_shapes(arch)
+        bound = problem.stats(q_tile, kv_tile).tile_bound
+        p = problem.params
+
+        def call() -> torch.Tensor:
+            return gna_cute.attention(q, k, v, kernel_size=p.kernel_size, stride=p.stride,
+                                      dilation=p.dilation, is_causal=p.is_causal, scale=scale,
+                                      backend=backend)
+
+        holder = _Holder()
+        _refuse_on_error(call)
+        return Prepared(holder.wrap(call), lambda: holder.value,
+                        info={"backend": backend, "tiles": f"{_x(q_tile)}/{_x(kv_tile)} (kernel's choice)",
+                              "tile_bound": f"{bound:.2f}"})
+
+
 class Reference:
     """The package's exact reference backend; timed on small problems only."""
 
@@ -281,7 +314,7 @@ def all_providers() -> list[Any]:
     from .fa4_gna import FA4Gna
     from .flex_gna import FlexGna
 
-    return [CudnnDense(), FA4Dense(), FA4Local(), FA4Gna(), FlexGna(), GnaCute(), Reference()]
+    return [CudnnDense(), FA4Dense(), FA4Local(), FA4Gna(), FlexGna(), GnaCute(), GnaCuteAuto(), Reference()]
 
 
 def select(names: str | None) -> list[Any]:
