@@ -37,7 +37,7 @@ from cuda.bindings import driver as cuda
 from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import OperandMajorMode, cpasync, tcgen05
 
-from gna_cute.kernels import tile_views
+from gna_cute.kernels import fwd_common, tile_views
 from gna_cute.kernels.config import FwdConfig
 from gna_cute.kernels.mask import RowWindows
 from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
@@ -164,22 +164,10 @@ class GNAFwdSm100:
     ):
         n = self.rank
         self._make_layouts()
-        dil = self.cfg.dilation
-        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
-        tiler_kv = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
-        load = cpasync.CopyBulkTensorTileG2SOp()
-        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(
-            load, tile_views.token_view(mQ, n, dil), self.sQ_layout, tiler_q
-        )
-        tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(
-            load, tile_views.token_view(mK, n, dil), cute.select(self.sK_layout, mode=[0, 1]), tiler_kv
-        )
-        tma_atom_V, tma_V = cpasync.make_tiled_tma_atom(
-            load, tile_views.token_view(mV, n, dil), cute.select(self.sV_layout, mode=[0, 1]), tiler_kv
-        )
-        tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileS2GOp(), tile_views.token_view(mO, n, dil), self.sQ_layout, tiler_q
-        )
+        tma = fwd_common.make_tma_atoms(
+            mQ, mK, mV, mO, n, self.cfg.dilation, self.cfg.q_tile_shape, self.cfg.kv_tile_shape,
+            self.hdim, self.hdim, self.sQ_layout, self.sK_layout, self.sV_layout, self.sQ_layout,
+        )  # O is staged in sQ
         self.tx_q = cute.size_in_bytes(self.dtype, self.sQ_layout)
         self.tx_kv = cute.size_in_bytes(self.dtype, cute.select(self.sK_layout, mode=[0, 1]))
         stages = self.num_stages
@@ -203,12 +191,8 @@ class GNAFwdSm100:
             sP: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sP_layout)], 1024]
 
         self.shared_storage = SharedStorage
-        lengths = [mQ.shape[1 + i] for i in range(n)]
-        grid = (self.geom.num_work_tiles(lengths), mQ.shape[n + 1], mQ.shape[0])
-        self.kernel(
-            tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V, tma_V, tma_atom_O, tma_O,
-            mLSE, mCounts, mK.shape[n + 1], scale_log2,
-        ).launch(
+        grid = fwd_common.launch_grid(self.geom, mQ, n)
+        self.kernel(*tma, mLSE, mCounts, mK.shape[n + 1], scale_log2).launch(
             grid=grid, block=[self.num_threads, 1, 1], smem=SharedStorage.size_in_bytes(), stream=stream,
             min_blocks_per_mp=1,
         )  # fmt: skip
@@ -278,10 +262,7 @@ class GNAFwdSm100:
         sV = storage.sV.get_tensor(self.sV_layout.outer, swizzle=self.sV_layout.inner)
         sP = storage.sP.get_tensor(self.sP_layout.outer, swizzle=self.sP_layout.inner)
 
-        work_idx, head, batch = cute.arch.block_idx()
-        lengths = [mLSE.shape[1 + i] for i in range(n)]
-        work = QTileWork(self.geom, lengths, work_idx, cutlass.min, cutlass.max)
-        head_kv = head // (mLSE.shape[n + 1] // num_heads_kv)
+        work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
 
         row_scale = storage.row_scale.get_tensor(cute.make_layout((_ROWS, self.halves)))
         row_lse = storage.row_lse.get_tensor(cute.make_layout((_ROWS, self.halves)))
@@ -346,25 +327,15 @@ class GNAFwdSm100:
         tiler_kv = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
         q_coord = tile_views.tile_coord(work.q_tile_idx, head, work.group, batch, self.dilated)
         gQ = cute.zipped_divide(tma_Q, tiler_q)[q_coord]
-        tQsQ, tQgQ = cpasync.tma_partition(tma_atom_Q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2), gQ)
-        tKsK, tKgK = cpasync.tma_partition(
-            tma_atom_K, 0, cute.make_layout(1), cute.group_modes(sK, 0, 2), cute.zipped_divide(tma_K, tiler_kv)
-        )
-        tVsV, tVgV = cpasync.tma_partition(
-            tma_atom_V, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2), cute.zipped_divide(tma_V, tiler_kv)
-        )
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
-        pipe_q.producer_acquire(q_state)
-        cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
+        tQsQ, tQgQ = fwd_common.tma_tile_partition(tma_atom_Q, sQ, gQ)
+        tKsK, tKgK = fwd_common.tma_tile_partition(tma_atom_K, sK, cute.zipped_divide(tma_K, tiler_kv))
+        tVsV, tVgV = fwd_common.tma_tile_partition(tma_atom_V, sV, cute.zipped_divide(tma_V, tiler_kv))
+        fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         for j in cutlass.range(work.num_kv_tiles, unroll=1):
             coord = tile_views.tile_coord(work.kv_tile(j), head_kv, work.group, batch, self.dilated)[1]
-            pipe_k.producer_acquire(kv_state)
-            cute.copy(tma_atom_K, tKgK[None, coord], tKsK[None, kv_state.index],
-                      tma_bar_ptr=pipe_k.producer_get_barrier(kv_state))  # fmt: skip
-            pipe_v.producer_acquire(kv_state)
-            cute.copy(tma_atom_V, tVgV[None, coord], tVsV[None, kv_state.index],
-                      tma_bar_ptr=pipe_v.producer_get_barrier(kv_state))  # fmt: skip
+            fwd_common.tma_load_stage(tma_atom_K, tKgK, tKsK, pipe_k, coord, kv_state)
+            fwd_common.tma_load_stage(tma_atom_V, tVgV, tVsV, pipe_v, coord, kv_state)
             kv_state.advance()
 
     # ------------------------------------------------------------------ MMA warp
@@ -567,13 +538,7 @@ class GNAFwdSm100:
         if tidx == 0:
             tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
             coord = tile_views.tile_coord(work.q_tile_idx, head, work.group, batch, self.dilated)
-            tOsO, tOgO = cpasync.tma_partition(
-                tma_atom_O, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2),
-                cute.zipped_divide(tma_O, tiler_o)[coord],
-            )  # fmt: skip
-            cute.copy(tma_atom_O, tOsO, tOgO)
-            cute.arch.cp_async_bulk_commit_group()
-            cute.arch.cp_async_bulk_wait_group(0, read=True)
+            fwd_common.tma_store_tile(tma_atom_O, sQ, cute.zipped_divide(tma_O, tiler_o)[coord])
 
     @cute.jit
     def _mask_row(self, rS: cute.Tensor, windows: RowWindows, col_in_tile: list, kv: list) -> None:

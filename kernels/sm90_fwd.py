@@ -28,7 +28,7 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.utils import LayoutEnum
 
-from gna_cute.kernels import tile_views
+from gna_cute.kernels import fwd_common, tile_views
 from gna_cute.kernels.config import FwdConfig
 from gna_cute.kernels.mask import RowWindows
 from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
@@ -130,9 +130,6 @@ class GNAFwdSm90:
             self.num_stages = stages
 
     # ------------------------------------------------------------------ host side
-    def _token_view(self, t: cute.Tensor) -> cute.Tensor:
-        return tile_views.token_view(t, self.rank, self.cfg.dilation)
-
     def _tile_coord(self, tile: list, head: Int32, group: list, batch: Int32) -> tuple:
         return tile_views.tile_coord(tile, head, group, batch, self.has_groups)
 
@@ -177,20 +174,9 @@ class GNAFwdSm90:
         n = self.rank
         self._make_layouts()
 
-        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
-        tiler_kv = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
-        tiler_v = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdimv)
-        tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdimv)
-        load_op = cpasync.CopyBulkTensorTileG2SOp()
-        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load_op, self._token_view(mQ), self.sQ_layout, tiler_q)
-        tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(
-            load_op, self._token_view(mK), cute.select(self.sK_layout, mode=[0, 1]), tiler_kv
-        )
-        tma_atom_V, tma_V = cpasync.make_tiled_tma_atom(
-            load_op, self._token_view(mV), cute.select(self.sV_layout, mode=[0, 1]), tiler_v
-        )
-        tma_atom_O, tma_O = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileS2GOp(), self._token_view(mO), self.sO_layout, tiler_o
+        tma = fwd_common.make_tma_atoms(
+            mQ, mK, mV, mO, n, self.cfg.dilation, self.cfg.q_tile_shape, self.cfg.kv_tile_shape,
+            self.hdim, self.hdimv, self.sQ_layout, self.sK_layout, self.sV_layout, self.sO_layout,
         )
         self.tx_q = cute.size_in_bytes(self.dtype, self.sQ_layout)
         self.tx_k = cute.size_in_bytes(self.dtype, cute.select(self.sK_layout, mode=[0, 1]))
@@ -210,12 +196,8 @@ class GNAFwdSm90:
             sO: cute.struct.Align[cute.struct.MemRange[self.dtype, o_elems], 1024]
 
         self.shared_storage = SharedStorage
-        lengths = [mQ.shape[1 + i] for i in range(n)]
-        grid = (self.geom.num_work_tiles(lengths), mQ.shape[n + 1], mQ.shape[0])
-        self.kernel(
-            tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V, tma_V, tma_atom_O, tma_O,
-            mLSE, mCounts, mK.shape[n + 1], scale_log2,
-        ).launch(
+        grid = fwd_common.launch_grid(self.geom, mQ, n)
+        self.kernel(*tma, mLSE, mCounts, mK.shape[n + 1], scale_log2).launch(
             grid=grid,
             block=[self.num_threads, 1, 1],
             smem=SharedStorage.size_in_bytes(),
@@ -273,11 +255,7 @@ class GNAFwdSm90:
         sO_mem = storage.sQ if const_expr(self.alias_o) else storage.sO
         sO = sO_mem.get_tensor(self.sO_layout.outer, swizzle=self.sO_layout.inner)
 
-        work_idx, head, batch = cute.arch.block_idx()
-        lengths = [mLSE.shape[1 + i] for i in range(n)]
-        work = QTileWork(self.geom, lengths, work_idx, cutlass.min, cutlass.max)
-        num_heads = mLSE.shape[n + 1]
-        head_kv = head // (num_heads // num_heads_kv)
+        work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
 
         if warp_idx < 4:
             cute.arch.setmaxregister_decrease(self.num_producer_regs)
@@ -305,18 +283,10 @@ class GNAFwdSm90:
         tiler_k = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
         tiler_v = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdimv)
         gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
-        tQsQ, tQgQ = cpasync.tma_partition(
-            tma_atom_Q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2), gQ
-        )
-        tKsK, tKgK = cpasync.tma_partition(
-            tma_atom_K, 0, cute.make_layout(1), cute.group_modes(sK, 0, 2), cute.zipped_divide(tma_K, tiler_k)
-        )
-        tVsV, tVgV = cpasync.tma_partition(
-            tma_atom_V, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2), cute.zipped_divide(tma_V, tiler_v)
-        )
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
-        pipe_q.producer_acquire(q_state)
-        cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
+        tQsQ, tQgQ = fwd_common.tma_tile_partition(tma_atom_Q, sQ, gQ)
+        tKsK, tKgK = fwd_common.tma_tile_partition(tma_atom_K, sK, cute.zipped_divide(tma_K, tiler_k))
+        tVsV, tVgV = fwd_common.tma_tile_partition(tma_atom_V, sV, cute.zipped_divide(tma_V, tiler_v))
+        fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q)
 
         load_k = (tma_atom_K, tKgK, tKsK, pipe_k, work, head_kv, batch)
         load_v = (tma_atom_V, tVgV, tVsV, pipe_v, work, head_kv, batch)
@@ -346,8 +316,7 @@ class GNAFwdSm90:
     ) -> None:
         """Acquire a stage and TMA-load the ``j``-th scheduled K or V tile into it."""
         coord = self._tile_coord(work.kv_tile(j), head_kv, work.group, batch)[1]
-        pipe.producer_acquire(state)
-        cute.copy(atom, tXgX[None, coord], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
+        fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state)
 
     @cute.jit
     def consume(
@@ -580,12 +549,7 @@ class GNAFwdSm90:
         if warp_idx == 4:
             tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdimv)
             gO = cute.zipped_divide(tma_O, tiler_o)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
-            tOsO, tOgO = cpasync.tma_partition(
-                tma_atom_O, 0, cute.make_layout(1), cute.group_modes(sO, 0, 2), gO
-            )
-            cute.copy(tma_atom_O, tOsO, tOgO)
-            cute.arch.cp_async_bulk_commit_group()
-            cute.arch.cp_async_bulk_wait_group(0, read=True)
+            fwd_common.tma_store_tile(tma_atom_O, sO, gO)
 
         if col0 == 0:
             for r in cutlass.range_constexpr(len(row_coords)):

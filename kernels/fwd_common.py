@@ -1,0 +1,100 @@
+"""TMA plumbing and per-CTA work setup shared by the Hopper and Blackwell forward kernels.
+
+Why: both kernels move Q/K/V/O the same way (one TMA box per GNA tile of the heads-last
+``tile_views.token_view``) and launch one CTA per (Q tile, head, batch); only the MMAs, pipelines
+and roles differ.  These helpers emit exactly the ops the kernels used to spell out inline, in the
+same order, so the compiled code is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+from cutlass import Int32
+from cutlass.cute.nvgpu import cpasync
+
+from gna_cute.kernels import tile_views
+from gna_cute.kernels.scheduler import QTileWork, TileGeometry
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+# ---------------------------------------------------------------------------------------------
+
+
+def make_tma_atoms(
+    mQ: cute.Tensor, mK: cute.Tensor, mV: cute.Tensor, mO: cute.Tensor, rank: int, dilation: Sequence[int],
+    q_tile_shape: Sequence[int], kv_tile_shape: Sequence[int], head_dim: int, head_dim_v: int,
+    sQ_layout: Any, sK_layout: Any, sV_layout: Any, sO_layout: Any,
+) -> tuple:
+    """``(atom_Q, tma_Q, atom_K, tma_K, atom_V, tma_V, atom_O, tma_O)``: loads of Q, K, V, store of O.
+
+    The K/V layouts may carry a stage mode; one box is their first two modes.
+    """
+    tiler_q = tile_views.tile_tiler(q_tile_shape, head_dim)
+    tiler_k = tile_views.tile_tiler(kv_tile_shape, head_dim)
+    tiler_v = tile_views.tile_tiler(kv_tile_shape, head_dim_v)
+    tiler_o = tile_views.tile_tiler(q_tile_shape, head_dim_v)
+    load = cpasync.CopyBulkTensorTileG2SOp()
+    atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load, tile_views.token_view(mQ, rank, dilation), sQ_layout, tiler_q)
+    atom_K, tma_K = cpasync.make_tiled_tma_atom(
+        load, tile_views.token_view(mK, rank, dilation), cute.select(sK_layout, mode=[0, 1]), tiler_k
+    )
+    atom_V, tma_V = cpasync.make_tiled_tma_atom(
+        load, tile_views.token_view(mV, rank, dilation), cute.select(sV_layout, mode=[0, 1]), tiler_v
+    )
+    atom_O, tma_O = cpasync.make_tiled_tma_atom(
+        cpasync.CopyBulkTensorTileS2GOp(), tile_views.token_view(mO, rank, dilation), sO_layout, tiler_o
+    )
+    return atom_Q, tma_Q, atom_K, tma_K, atom_V, tma_V, atom_O, tma_O
+
+
+def launch_grid(geom: TileGeometry, mQ: cute.Tensor, rank: int) -> tuple:
+    """One CTA per (work tile, head, batch) of the heads-last ``mQ``."""
+    lengths = [mQ.shape[1 + i] for i in range(rank)]
+    return (geom.num_work_tiles(lengths), mQ.shape[rank + 1], mQ.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Device side
+# ---------------------------------------------------------------------------------------------
+
+
+def block_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int) -> tuple:
+    """This CTA's ``(work, head, head_kv, batch)``; GQA maps query heads onto KV heads in groups."""
+    work_idx, head, batch = cute.arch.block_idx()
+    lengths = [mLSE.shape[1 + i] for i in range(rank)]
+    work = QTileWork(geom, lengths, work_idx, cutlass.min, cutlass.max)
+    head_kv = head // (mLSE.shape[rank + 1] // num_heads_kv)
+    return work, head, head_kv, batch
+
+
+def tma_tile_partition(atom: cute.CopyAtom, sX: cute.Tensor, gX: cute.Tensor) -> tuple:
+    """``(smem, gmem)`` partitions of one TMA box (``sX``'s first two modes) for a single CTA."""
+    return cpasync.tma_partition(atom, 0, cute.make_layout(1), cute.group_modes(sX, 0, 2), gX)
+
+
+def tma_load_q(atom: cute.CopyAtom, tQgQ: cute.Tensor, tQsQ: cute.Tensor, pipe_q: Any) -> None:
+    """Load the Q tile once through its one-stage pipeline."""
+    q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+    pipe_q.producer_acquire(q_state)
+    cute.copy(atom, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
+
+
+def tma_load_stage(
+    atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, coord: Any, state: Any
+) -> None:
+    """Acquire a pipeline stage and TMA-load the K or V tile at ``coord`` into it."""
+    pipe.producer_acquire(state)
+    cute.copy(atom, tXgX[None, coord], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
+
+
+def tma_store_tile(atom: cute.CopyAtom, sO: cute.Tensor, gO: cute.Tensor) -> None:
+    """Store the O tile from shared memory with one TMA copy and wait until smem may be reused."""
+    tOsO, tOgO = tma_tile_partition(atom, sO, gO)
+    cute.copy(atom, tOsO, tOgO)
+    cute.arch.cp_async_bulk_commit_group()
+    cute.arch.cp_async_bulk_wait_group(0, read=True)
