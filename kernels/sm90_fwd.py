@@ -397,6 +397,46 @@ class GNAFwdSm90:
         softmax.update(acc_S, row_scale)
         return num_full
 
+    def _qk(self, acc_S: cute.Tensor, tSrQ: cute.Tensor, tSrK: cute.Tensor, pipe_k: Any, k_state: Any) -> None:
+        """S = Q K^T of the K stage ``k_state``, waited for; the stage is released at once."""
+        pipe_k.consumer_wait(k_state)
+        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
+        warpgroup.wait_group(0)
+        pipe_k.consumer_release(k_state)
+
+    def _pv(self, acc_O: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_v: Any, v_state: Any) -> None:
+        """O += P V of the V stage ``v_state``, waited for; the stage is released at once."""
+        pipe_v.consumer_wait(v_state)
+        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
+        warpgroup.wait_group(0)
+        pipe_v.consumer_release(v_state)
+
+    def _qk_with_pv(
+        self, wg: Int32, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor, tSrK: cute.Tensor,
+        tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, k_state: Any, v_state: Any,
+    ) -> None:
+        """Issue QK(j) then PV(j-1) (in this warpgroup's turn), wait for QK(j) only, release K(j).
+
+        PV(j-1) stays in flight: the caller waits for it after (or while) it runs the softmax of j.
+        """
+        pipe_k.consumer_wait(k_state)
+        if const_expr(self.turns):
+            cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
+        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
+        pipe_v.consumer_wait(v_state)
+        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
+        if const_expr(self.turns):
+            cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
+        warpgroup.wait_group(1)
+        pipe_k.consumer_release(k_state)
+
+    @cute.jit
+    def _open_turns(self, wg: Int32) -> None:
+        """Warpgroup 0 issues first: it starts the turn-taking chain of named barriers."""
+        if const_expr(self.turns):
+            if wg == 0:
+                cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER, number_of_threads=256)
+
     @cute.jit
     def _mainloop_serial(
         self, work: QTileWork, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
@@ -408,17 +448,11 @@ class GNAFwdSm90:
         num_full = Int32(0)
         for j in cutlass.range(work.num_kv_tiles, unroll=1):
             kv = work.kv_tile(j)
-            pipe_k.consumer_wait(kv_state)
-            _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], zero_init=True)
-            warpgroup.wait_group(0)
-            pipe_k.consumer_release(kv_state)
+            self._qk(acc_S, tSrQ, tSrK, pipe_k, kv_state)
             num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
             rescale_rows(acc_O, row_scale)
             tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-            pipe_v.consumer_wait(kv_state)
-            _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], zero_init=False)
-            warpgroup.wait_group(0)
-            pipe_v.consumer_release(kv_state)
+            self._pv(acc_O, tOrP, tOrVt, pipe_v, kv_state)
             kv_state.advance()
         return num_full
 
@@ -433,30 +467,16 @@ class GNAFwdSm90:
         so one's GEMMs run while the other does its softmax."""
         k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        if const_expr(self.turns):
-            if wg == 0:
-                cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER, number_of_threads=256)
+        self._open_turns(wg)
         # Tile 0: S, mask, softmax, P (O is still zero: nothing to rescale).
         kv = work.kv_tile(0)
-        pipe_k.consumer_wait(k_state)
-        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
-        warpgroup.wait_group(0)
-        pipe_k.consumer_release(k_state)
+        self._qk(acc_S, tSrQ, tSrK, pipe_k, k_state)
         num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, Int32(0))
         tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
         k_state.advance()
         for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
             kv = work.kv_tile(j)
-            pipe_k.consumer_wait(k_state)
-            if const_expr(self.turns):
-                cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
-            _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
-            pipe_v.consumer_wait(v_state)
-            _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
-            if const_expr(self.turns):
-                cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
-            warpgroup.wait_group(1)
-            pipe_k.consumer_release(k_state)
+            self._qk_with_pv(wg, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, k_state, v_state)
             num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
             warpgroup.wait_group(0)
             pipe_v.consumer_release(v_state)
@@ -464,10 +484,7 @@ class GNAFwdSm90:
             tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
             k_state.advance()
             v_state.advance()
-        pipe_v.consumer_wait(v_state)
-        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
-        warpgroup.wait_group(0)
-        pipe_v.consumer_release(v_state)
+        self._pv(acc_O, tOrP, tOrVt, pipe_v, v_state)
         return num_full
 
     @cute.jit
@@ -487,14 +504,9 @@ class GNAFwdSm90:
         """
         k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        if const_expr(self.turns):
-            if wg == 0:
-                cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER, number_of_threads=256)
+        self._open_turns(wg)
         kv = work.kv_tile(0)
-        pipe_k.consumer_wait(k_state)
-        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
-        warpgroup.wait_group(0)
-        pipe_k.consumer_release(k_state)
+        self._qk(acc_S, tSrQ, tSrK, pipe_k, k_state)
         k_state.advance()
         num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, Int32(0))
         for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
@@ -505,16 +517,7 @@ class GNAFwdSm90:
             rescale_rows(acc_O, row_scale)
             tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
             kv = work.kv_tile(j)
-            pipe_k.consumer_wait(k_state)
-            if const_expr(self.turns):
-                cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
-            _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
-            pipe_v.consumer_wait(v_state)
-            _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
-            if const_expr(self.turns):
-                cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
-            warpgroup.wait_group(1)
-            pipe_k.consumer_release(k_state)
+            self._qk_with_pv(wg, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, k_state, v_state)
             k_state.advance()
             num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
         warpgroup.wait_group(0)
@@ -523,10 +526,7 @@ class GNAFwdSm90:
             v_state.advance()
         rescale_rows(acc_O, row_scale)
         tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-        pipe_v.consumer_wait(v_state)
-        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
-        warpgroup.wait_group(0)
-        pipe_v.consumer_release(v_state)
+        self._pv(acc_O, tOrP, tOrVt, pipe_v, v_state)
         return num_full
 
     @cute.jit
