@@ -72,6 +72,35 @@ def block_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank:
     return work, head, head_kv, batch
 
 
+def make_pipeline(
+    cls: type, barriers: Any, producer: Any, consumer: Any, num_stages: int = 1, tx_count: int | None = None
+) -> Any:
+    """One mbarrier pipeline of class ``cls`` (its barriers synced by the kernel's own barrier)."""
+    extra = {} if tx_count is None else {"tx_count": tx_count}
+    return cls.create(
+        barrier_storage=barriers, num_stages=num_stages, producer_group=producer, consumer_group=consumer,
+        defer_sync=True, **extra,
+    )
+
+
+def qkv_pipelines(
+    cls: type, storage: Any, producer: Any, consumer: Any, num_stages: int, tx_q: int, tx_k: int, tx_v: int
+) -> tuple:
+    """``(pipe_q, pipe_k, pipe_v)``: TMA loads of Q (one stage) and of K and V (``num_stages``).
+
+    ``storage`` holds the barriers as ``mbar_q``, ``mbar_k``, ``mbar_v``.
+    """
+    pipe_q = make_pipeline(cls, storage.mbar_q.data_ptr(), producer, consumer, 1, tx_q)
+    pipe_k = make_pipeline(cls, storage.mbar_k.data_ptr(), producer, consumer, num_stages, tx_k)
+    pipe_v = make_pipeline(cls, storage.mbar_v.data_ptr(), producer, consumer, num_stages, tx_v)
+    return pipe_q, pipe_k, pipe_v
+
+
+def smem_tensor(mem: Any, layout: Any) -> cute.Tensor:
+    """A shared-memory struct field viewed through a swizzled (composed) layout."""
+    return mem.get_tensor(layout.outer, swizzle=layout.inner)
+
+
 def tma_tile_partition(atom: cute.CopyAtom, sX: cute.Tensor, gX: cute.Tensor) -> tuple:
     """``(smem, gmem)`` partitions of one TMA box (``sX``'s first two modes) for a single CTA."""
     return cpasync.tma_partition(atom, 0, cute.make_layout(1), cute.group_modes(sX, 0, 2), gX)

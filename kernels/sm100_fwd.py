@@ -224,43 +224,23 @@ class GNAFwdSm100:
         storage = cutlass.utils.SmemAllocator().allocate(self.shared_storage)
         one = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         rows = pipeline.CooperativeGroup(pipeline.Agent.Thread, _ROWS)
-        pipe_q = pipeline.PipelineTmaUmma.create(
-            barrier_storage=storage.mbar_q.data_ptr(), num_stages=1, producer_group=one,
-            consumer_group=one, tx_count=self.tx_q, defer_sync=True,
-        )  # fmt: skip
-        pipe_k = pipeline.PipelineTmaUmma.create(
-            barrier_storage=storage.mbar_k.data_ptr(), num_stages=self.num_stages, producer_group=one,
-            consumer_group=one, tx_count=self.tx_kv, defer_sync=True,
-        )  # fmt: skip
-        pipe_v = pipeline.PipelineTmaUmma.create(
-            barrier_storage=storage.mbar_v.data_ptr(), num_stages=self.num_stages, producer_group=one,
-            consumer_group=one, tx_count=self.tx_kv, defer_sync=True,
-        )  # fmt: skip
+        pipe_q, pipe_k, pipe_v = fwd_common.qkv_pipelines(
+            pipeline.PipelineTmaUmma, storage, one, one, self.num_stages, self.tx_q, self.tx_kv, self.tx_kv
+        )
         pipe_s, pipe_o, pipe_p, pipe_c = [], [], [], []
+        make = fwd_common.make_pipeline
         for h in cutlass.range_constexpr(self.halves):  # one S / O / P hand-off per half
-            pipe_s.append(pipeline.PipelineUmmaAsync.create(
-                barrier_storage=storage.mbar_s.data_ptr() + 2 * h, num_stages=1, producer_group=one,
-                consumer_group=rows, defer_sync=True,
-            ))  # fmt: skip
-            pipe_o.append(pipeline.PipelineUmmaAsync.create(
-                barrier_storage=storage.mbar_o.data_ptr() + 2 * h, num_stages=1, producer_group=one,
-                consumer_group=rows, defer_sync=True,
-            ))  # fmt: skip
-            pipe_p.append(pipeline.PipelineAsyncUmma.create(
-                barrier_storage=storage.mbar_p.data_ptr() + 2 * h, num_stages=1, producer_group=rows,
-                consumer_group=one, defer_sync=True,
-            ))  # fmt: skip
-            pipe_c.append(pipeline.PipelineAsync.create(
-                barrier_storage=storage.mbar_c.data_ptr() + 2 * h, num_stages=1, producer_group=rows,
-                consumer_group=rows, defer_sync=True,
-            ))  # fmt: skip
+            pipe_s.append(make(pipeline.PipelineUmmaAsync, storage.mbar_s.data_ptr() + 2 * h, one, rows))
+            pipe_o.append(make(pipeline.PipelineUmmaAsync, storage.mbar_o.data_ptr() + 2 * h, one, rows))
+            pipe_p.append(make(pipeline.PipelineAsyncUmma, storage.mbar_p.data_ptr() + 2 * h, rows, one))
+            pipe_c.append(make(pipeline.PipelineAsync, storage.mbar_c.data_ptr() + 2 * h, rows, rows))
         cute.arch.mbarrier_init_fence()
         cute.arch.barrier()
 
-        sQ = storage.sQ.get_tensor(self.sQ_layout.outer, swizzle=self.sQ_layout.inner)
-        sK = storage.sK.get_tensor(self.sK_layout.outer, swizzle=self.sK_layout.inner)
-        sV = storage.sV.get_tensor(self.sV_layout.outer, swizzle=self.sV_layout.inner)
-        sP = storage.sP.get_tensor(self.sP_layout.outer, swizzle=self.sP_layout.inner)
+        sQ = fwd_common.smem_tensor(storage.sQ, self.sQ_layout)
+        sK = fwd_common.smem_tensor(storage.sK, self.sK_layout)
+        sV = fwd_common.smem_tensor(storage.sV, self.sV_layout)
+        sP = fwd_common.smem_tensor(storage.sP, self.sP_layout)
 
         work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
 

@@ -234,26 +234,16 @@ class GNAFwdSm90:
         storage = smem.allocate(self.shared_storage)
         producer = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_mma_wg * 4)
-        pipe_q = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.mbar_q.data_ptr(), num_stages=1, producer_group=producer,
-            consumer_group=consumers, tx_count=self.tx_q, defer_sync=True,
-        )
-        pipe_k = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.mbar_k.data_ptr(), num_stages=self.num_stages,
-            producer_group=producer, consumer_group=consumers, tx_count=self.tx_k, defer_sync=True,
-        )
-        pipe_v = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.mbar_v.data_ptr(), num_stages=self.num_stages,
-            producer_group=producer, consumer_group=consumers, tx_count=self.tx_v, defer_sync=True,
+        pipe_q, pipe_k, pipe_v = fwd_common.qkv_pipelines(
+            pipeline.PipelineTmaAsync, storage, producer, consumers, self.num_stages, self.tx_q, self.tx_k, self.tx_v
         )
         cute.arch.mbarrier_init_fence()
         cute.arch.barrier()
 
-        sQ = storage.sQ.get_tensor(self.sQ_layout.outer, swizzle=self.sQ_layout.inner)
-        sK = storage.sK.get_tensor(self.sK_layout.outer, swizzle=self.sK_layout.inner)
-        sV = storage.sV.get_tensor(self.sV_layout.outer, swizzle=self.sV_layout.inner)
-        sO_mem = storage.sQ if const_expr(self.alias_o) else storage.sO
-        sO = sO_mem.get_tensor(self.sO_layout.outer, swizzle=self.sO_layout.inner)
+        sQ = fwd_common.smem_tensor(storage.sQ, self.sQ_layout)
+        sK = fwd_common.smem_tensor(storage.sK, self.sK_layout)
+        sV = fwd_common.smem_tensor(storage.sV, self.sV_layout)
+        sO = fwd_common.smem_tensor(storage.sQ if const_expr(self.alias_o) else storage.sO, self.sO_layout)
 
         work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
 
