@@ -93,13 +93,19 @@ def test_window_properties_random():
                 assert len(want) == window
 
 
+def _random_in_group_1d(rng: np.random.Generator, max_length: int) -> tuple[int, int, int, bool]:
+    """A random in-group 1D case ``(length, window, stride, causal)``, length in ``[2, max_length)``."""
+    n = int(rng.integers(2, max_length))
+    w = int(rng.integers(2, n + 1))
+    s = int(rng.integers(1, w + 1))
+    c = bool(rng.integers(0, 2))
+    return n, w, s, c
+
+
 def test_vectorized_numpy_matches_scalar():
     rng = np.random.default_rng(2)
     for _ in range(200):
-        n = int(rng.integers(2, 100))
-        w = int(rng.integers(2, n + 1))
-        s = int(rng.integers(1, w + 1))
-        c = bool(rng.integers(0, 2))
+        n, w, s, c = _random_in_group_1d(rng, 100)
         i = np.arange(n)
         start, end = nb.window(i, n, w, s, c, mn=np.minimum, mx=np.maximum)
         for x in range(n):
@@ -122,10 +128,7 @@ def test_visible_and_common_key_ranges():
     """Union / intersection of the brute-force windows of a query range."""
     rng = np.random.default_rng(3)
     for _ in range(300):
-        n = int(rng.integers(2, 60))
-        w = int(rng.integers(2, n + 1))
-        s = int(rng.integers(1, w + 1))
-        c = bool(rng.integers(0, 2))
+        n, w, s, c = _random_in_group_1d(rng, 60)
         sets = _brute_in_group(n, w, s, c)
         q_lo = int(rng.integers(0, n))
         q_hi = int(rng.integers(q_lo + 1, n + 1))
@@ -141,10 +144,7 @@ def test_kv_tile_range_and_fullness():
     """Tiles any query of the Q tile needs; full iff every query sees every slot of the KV tile."""
     rng = np.random.default_rng(4)
     for _ in range(300):
-        n = int(rng.integers(2, 80))
-        w = int(rng.integers(2, n + 1))
-        s = int(rng.integers(1, w + 1))
-        c = bool(rng.integers(0, 2))
+        n, w, s, c = _random_in_group_1d(rng, 80)
         tq, tk = int(rng.integers(1, 17)), int(rng.integers(1, 17))
         sets = _brute_in_group(n, w, s, c)
         for t in range(nb.num_tiles(n, tq)):
