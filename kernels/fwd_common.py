@@ -17,7 +17,21 @@ from cutlass import Int32
 from cutlass.cute.nvgpu import cpasync
 
 from gna_cute.kernels import tile_views
+from gna_cute.kernels.config import FwdConfig
 from gna_cute.kernels.scheduler import QTileWork, TileGeometry
+
+DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
+HEAD_DIMS = (32, 64, 128)
+
+
+def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
+    """What both kernels require of ``cfg`` (ValueError naming the field); each adds its own tiles."""
+    if cfg.arch != arch:
+        raise ValueError(f"cfg.arch={cfg.arch}: {kernel} is the sm{arch} kernel")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"cfg.dtype={cfg.dtype!r} must be one of {list(DTYPES)}")
+    if cfg.head_dim != cfg.head_dim_v or cfg.head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in {HEAD_DIMS}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ from gna_cute.kernels.mask import RowWindows
 from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
 from gna_cute.kernels.softmax import LN2
 
-_DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
 _SMEM_BUDGET = 220 * 1024
 _ROWS = 128  # one tcgen05 MMA of M = 128 per half: one TMEM lane (one softmax thread) per Q row
 _TMEM_BARRIER = 1  # softmax + correction warpgroups + MMA warp: the TMEM base address is published
@@ -71,12 +70,7 @@ class GNAFwdSm100:
     """The kernel for one static configuration (``FwdConfig`` is the compile-cache key)."""
 
     def __init__(self, cfg: FwdConfig) -> None:
-        if cfg.arch != 100:
-            raise ValueError(f"cfg.arch={cfg.arch}: GNAFwdSm100 is the sm100 kernel")
-        if cfg.dtype not in _DTYPES:
-            raise ValueError(f"cfg.dtype={cfg.dtype!r} must be one of {list(_DTYPES)}")
-        if cfg.head_dim != cfg.head_dim_v or cfg.head_dim not in (32, 64, 128):
-            raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in (32, 64, 128)")
+        fwd_common.check_config(cfg, 100, "GNAFwdSm100")
         if cfg.q_tile_size not in (_ROWS, 2 * _ROWS):
             raise ValueError(f"q_tile_shape={cfg.q_tile_shape} must hold 128 or 256 tokens (1 or 2 MMAs of M = 128)")
         if cfg.kv_tile_size not in (64, 128):
@@ -90,7 +84,7 @@ class GNAFwdSm100:
         self.cfg = cfg
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
-        self.dtype = _DTYPES[cfg.dtype]
+        self.dtype = fwd_common.DTYPES[cfg.dtype]
         self.tile_n = cfg.kv_tile_size
         self.hdim = cfg.head_dim
         self.dilated = any(d > 1 for d in cfg.dilation)

@@ -34,7 +34,6 @@ from gna_cute.kernels.mask import RowWindows
 from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
 from gna_cute.kernels.softmax import OnlineSoftmax, acc_rows_view, rescale_rows
 
-_DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
 MAINLOOPS = ("serial", "rotated")
 _SMEM_BUDGET = 220 * 1024
 # With O staged in Q's smem: the H100's 227 KiB per block less 1 KiB for the mbarriers (aligned).
@@ -81,12 +80,7 @@ class GNAFwdSm90:
         self, cfg: FwdConfig, overlap: bool | None = None, turns: bool = True,
         rotate: bool | None = None, alias_o: bool = False, stages: int | None = None,
     ) -> None:
-        if cfg.arch != 90:
-            raise ValueError(f"cfg.arch={cfg.arch}: GNAFwdSm90 is the sm90 kernel")
-        if cfg.dtype not in _DTYPES:
-            raise ValueError(f"cfg.dtype={cfg.dtype!r} must be one of {list(_DTYPES)}")
-        if cfg.head_dim != cfg.head_dim_v or cfg.head_dim not in (32, 64, 128):
-            raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in (32, 64, 128)")
+        fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
             raise ValueError(f"q_tile_shape={cfg.q_tile_shape} must hold 128 tokens (2 warpgroups x 64 rows)")
         if cfg.kv_tile_size % 16 or not 16 <= cfg.kv_tile_size <= 256:
@@ -108,7 +102,7 @@ class GNAFwdSm90:
         self.rotate = rotate and overlap  # overlapped loop with the PV wait at the iteration's top
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
-        self.dtype = _DTYPES[cfg.dtype]
+        self.dtype = fwd_common.DTYPES[cfg.dtype]
         self.tile_m = cfg.q_tile_size
         self.tile_n = cfg.kv_tile_size
         self.hdim = cfg.head_dim
