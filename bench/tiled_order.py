@@ -55,7 +55,7 @@ class TiledOrder:
     @property
     def tiles_per_dim(self) -> tuple[int, ...]:
         """Tiles per dim of one group: ``num_tiles(ceil(L / d), T)`` (contract 4)."""
-        return tuple(nb.num_tiles(-(-n // d), t)
+        return tuple(nb.tiles_per_group(n, d, t)
                      for n, d, t in zip(self.spatial_shape, self.dilation, self.tile_shape))
 
     @property

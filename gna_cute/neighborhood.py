@@ -158,3 +158,12 @@ def kv_tile_is_full(
 def num_tiles(length: Num, tile: int) -> Num:
     """Tiles of size ``tile`` covering ``length`` positions (ceil division)."""
     return (length + tile - 1) // tile
+
+
+def tiles_per_group(length: Num, dilation: Num, tile: int) -> Num:
+    """Tiles of size ``tile`` covering the longest dilation group, ``ceil(length / dilation)`` tokens.
+
+    The per-dim tile count of the group-major tiling shared by the kernels' grids, their debug
+    counters and the simulator (shorter groups leave their last tile empty).
+    """
+    return num_tiles(num_tiles(length, dilation), tile)

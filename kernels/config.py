@@ -18,6 +18,7 @@ What the Hopper kernel (``kernels/sm90_fwd.py``) supports, for the host layer's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,12 @@ class FwdConfig:
 
     @property
     def q_tile_size(self) -> int:
-        return _prod(self.q_tile_shape)
+        return prod(self.q_tile_shape)
 
     @property
     def kv_tile_size(self) -> int:
-        return _prod(self.kv_tile_shape)
+        return prod(self.kv_tile_shape)
 
-
-def _prod(xs: tuple[int, ...]) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
 
 
 # Q and KV tile shapes the Hopper kernel is built for, per rank (products 128 / 64); sm100 reuses them.
@@ -85,7 +80,7 @@ def supported_tile_shapes(arch: int, rank: int, head_dim: int) -> list[tuple[tup
         (q, kv)
         for q in _SM90_Q_TILES[rank]
         for kv in _SM90_KV_TILES[rank]
-        if kv_sizes is None or _prod(kv) in kv_sizes
+        if kv_sizes is None or prod(kv) in kv_sizes
     ]
 
 

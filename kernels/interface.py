@@ -228,7 +228,7 @@ def warm(configs: Iterable[FwdConfig], workers: int | None = None) -> list[BaseE
 def counts_shape(params: Any, q_tile_shape: tuple[int, ...]) -> tuple[int, ...]:
     """``(2, *dilation, *tiles)``: Q tiles per dim cover the longest dilation group, ceil(L/d)."""
     tiles = tuple(
-        neighborhood.num_tiles(neighborhood.num_tiles(n, d), t)
+        neighborhood.tiles_per_group(n, d, t)
         for n, d, t in zip(params.spatial_shape, params.dilation, q_tile_shape)
     )
     return (2, *params.dilation, *tiles)

@@ -60,7 +60,7 @@ class TileGeometry:
 
     def tiles_per_dim(self, lengths: Sequence[Num]) -> list[Num]:
         """Q tiles per dim: ``num_tiles(ceil(L / d), T_q)`` (the longest group decides)."""
-        return [nb.num_tiles((n + d - 1) // d, t) for n, d, t in zip(lengths, self.dilation, self.q_tile)]
+        return [nb.tiles_per_group(n, d, t) for n, d, t in zip(lengths, self.dilation, self.q_tile)]
 
     def num_work_tiles(self, lengths: Sequence[Num]) -> Num:
         """Work items of one (batch, head): every dilation group times every Q tile."""

@@ -47,9 +47,8 @@ def _frozen(*arrays: np.ndarray) -> None:
 def group_major(length: int, window: int, stride: int, dilation: int, causal: bool, q_tile: int,
                 kv_tile: int) -> DimTiles:
     """Tiles inside each dilation group (team contract 4): shape ``(dilation, q_tiles)``."""
-    per_group = -(-length // dilation)
-    n_q = nb.num_tiles(per_group, q_tile)
-    n_kv = nb.num_tiles(per_group, kv_tile)
+    n_q = nb.tiles_per_group(length, dilation, q_tile)
+    n_kv = nb.tiles_per_group(length, dilation, kv_tile)
     g = np.arange(dilation, dtype=np.int64)[:, None]
     lg = nb.group_length(length, dilation, g)  # (d, 1)
     t = np.arange(n_q, dtype=np.int64)[None, :]
