@@ -131,6 +131,29 @@ def kv_tile_range(
     return k_lo // kv_tile_size, (k_hi + kv_tile_size - 1) // kv_tile_size
 
 
+def kv_full_tile_range(
+    q_tile: Num,
+    q_tile_size: int,
+    kv_tile_size: int,
+    length: Num,
+    window: int,
+    stride: int,
+    causal: bool,
+    mn: MinMax = min,
+    mx: MinMax = max,
+) -> tuple[Num, Num]:
+    """Half-open range of KV tile indices that every (valid) query of ``q_tile`` sees whole (one dim).
+
+    May be empty (``lo >= hi``).  These are the KV tiles inside the tile's common key range; a KV
+    tile reaching past the axis is never among them (its padded key slots must be masked), since
+    the common range ends inside the axis.  A multi-dim tile pair is full iff it is full in every dim.
+    """
+    q_lo = q_tile * q_tile_size
+    q_hi = mn(q_lo + q_tile_size, length)
+    c_lo, c_hi = common_key_range(q_lo, q_hi, length, window, stride, causal, mn, mx)
+    return (c_lo + kv_tile_size - 1) // kv_tile_size, c_hi // kv_tile_size
+
+
 def kv_tile_is_full(
     q_tile: Num,
     kv_tile: Num,
@@ -145,14 +168,10 @@ def kv_tile_is_full(
 ) -> Num:
     """Whether every (valid) query of ``q_tile`` sees every key slot of ``kv_tile`` (one dim).
 
-    Returns a boolean of the caller's number type.  A KV tile reaching past the axis is never full:
-    its padded key slots must be masked.  A multi-dim tile pair is full iff it is full in every dim.
+    Returns a boolean of the caller's number type (see :func:`kv_full_tile_range`).
     """
-    q_lo = q_tile * q_tile_size
-    q_hi = mn(q_lo + q_tile_size, length)
-    c_lo, c_hi = common_key_range(q_lo, q_hi, length, window, stride, causal, mn, mx)
-    k_lo = kv_tile * kv_tile_size
-    return (k_lo >= c_lo) & (k_lo + kv_tile_size <= c_hi)
+    lo, hi = kv_full_tile_range(q_tile, q_tile_size, kv_tile_size, length, window, stride, causal, mn, mx)
+    return (kv_tile >= lo) & (kv_tile < hi)
 
 
 def num_tiles(length: Num, tile: int) -> Num:

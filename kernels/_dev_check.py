@@ -60,26 +60,25 @@ def _fake_args(cfg: FwdConfig):
             fake(cutlass.Int32, 2 * r + 1), cutlass.Float32(1.0), make_fake_stream())
 
 
-def compile_cfg(cfg: FwdConfig, overlap=True):
+def compile_cfg(cfg: FwdConfig, mainloop=None):
     import cutlass.cute as cute
     from gna_cute.kernels.sm90_fwd import GNAFwdSm90
 
     t0 = time.time()
-    compiled = cute.compile(GNAFwdSm90(cfg, overlap=overlap), *_fake_args(cfg))
+    compiled = cute.compile(GNAFwdSm90(cfg, mainloop=mainloop), *_fake_args(cfg))
     return compiled, time.time() - t0
 
 
 VARIANTS = {
-    "serial": dict(overlap=False, turns=False),
-    "overlap+turns": dict(overlap=True, turns=True),
-    "overlap": dict(overlap=True, turns=False),
-    "rotated+turns": dict(overlap=True, turns=True, rotate=True),
-    "rotated": dict(overlap=True, turns=False, rotate=True),
-    "serial+3st": dict(overlap=False, turns=False, alias_o=True),
-    "rotated+turns+3st": dict(overlap=True, turns=True, rotate=True, alias_o=True),
+    "serial": dict(mainloop="serial"),
+    "rotated+turns": dict(mainloop="rotated"),
+    "rotated": dict(mainloop="rotated", turns=False),
+    "hybrid": dict(mainloop="hybrid"),
+    "serial+3st": dict(mainloop="serial", alias_o=True),
+    "rotated+turns+3st": dict(mainloop="rotated", alias_o=True),
 }
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
-SWEEP_VARIANTS = ("serial", "overlap+turns", "rotated+turns", "rotated", "serial+3st", "rotated+turns+3st")
+SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -351,8 +350,8 @@ BENCH_ROWS = [  # most important first: a run cut short keeps these
     ("1d32K dense", 1, (32768,), 1, (32768,), (1,), None, None, "graph"),
 ]
 #: Rows timed for a few variants only (the 3D problem is large: ~50 ms a call).
-ROW_VARIANTS = {"3d w18x24x24 s1": ("serial", "rotated+turns"),
-                "3d w18x24x24 s1 chosen": ("serial", "rotated+turns")}
+ROW_VARIANTS = {"3d w18x24x24 s1": ("serial", "hybrid"),
+                "3d w18x24x24 s1 chosen": ("serial", "rotated+turns", "hybrid")}
 
 
 def bench_cfgs(rows=BENCH_ROWS):

@@ -77,11 +77,16 @@ def launch_grid(geom: TileGeometry, mQ: cute.Tensor, rank: int) -> tuple:
 # ---------------------------------------------------------------------------------------------
 
 
+def _select(cond: Any, a: Any, b: Any) -> Int32:
+    """``a`` where ``cond`` else ``b``, as an ``Int32`` (the scheduler's injected select)."""
+    return Int32(cutlass.select_(cond, a, b))
+
+
 def block_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int) -> tuple:
     """This CTA's ``(work, head, head_kv, batch)``; GQA maps query heads onto KV heads in groups."""
     work_idx, head, batch = cute.arch.block_idx()
     lengths = [mLSE.shape[1 + i] for i in range(rank)]
-    work = QTileWork(geom, lengths, work_idx, cutlass.min, cutlass.max)
+    work = QTileWork(geom, lengths, work_idx, cutlass.min, cutlass.max, _select)
     head_kv = head // (mLSE.shape[rank + 1] // num_heads_kv)
     return work, head, head_kv, batch
 

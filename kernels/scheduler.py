@@ -22,6 +22,18 @@ from gna_cute.kernels.dsl_values import DslCarried
 
 Num = Any
 MinMax = Callable[[Num, Num], Num]
+Select = Callable[[Any, Num, Num], Num]  # sel(cond, a, b): a where cond else b
+
+
+def _py_select(cond: Any, a: Num, b: Num) -> Num:
+    return a if cond else b
+
+
+def _product(xs: Sequence[Num]) -> Num:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out * x
+    return out
 
 
 @dataclass(frozen=True)
@@ -84,8 +96,9 @@ class QTileWork(DslCarried):
         work_idx: Num,
         mn: MinMax = min,
         mx: MinMax = max,
+        sel: Select = _py_select,
     ) -> None:
-        self.geom, self.mn, self.mx = geom, mn, mx
+        self.geom, self.mn, self.mx, self.sel = geom, mn, mx, sel
         rank = geom.rank
         ntiles = geom.tiles_per_dim(lengths)
         rem = work_idx
@@ -102,6 +115,8 @@ class QTileWork(DslCarried):
         self.group_len = [nb.group_length(n, d, g) for n, d, g in zip(lengths, geom.dilation, group)]
         self.kv_lo: list[Num] = []
         self.kv_extent: list[Num] = []
+        self.full_lo: list[Num] = []
+        self.full_extent: list[Num] = []
         for i in range(rank):
             lo, hi = nb.kv_tile_range(
                 tile[i], geom.q_tile[i], geom.kv_tile[i], self.group_len[i],
@@ -109,34 +124,101 @@ class QTileWork(DslCarried):
             )
             self.kv_lo.append(lo)
             self.kv_extent.append(hi - lo)
-        n = self.kv_extent[0]
-        for e in self.kv_extent[1:]:
-            n = n * e
-        self.num_kv_tiles = n
+            # The full KV tiles of this dim, clamped into the visited range (empty: extent 0).
+            f_lo, f_hi = nb.kv_full_tile_range(
+                tile[i], geom.q_tile[i], geom.kv_tile[i], self.group_len[i],
+                geom.kernel_size[i], geom.stride[i], geom.is_causal[i], mn, mx,
+            )
+            f_lo = mn(mx(f_lo, lo), hi)
+            self.full_lo.append(f_lo)
+            self.full_extent.append(mx(mn(f_hi, hi), f_lo) - f_lo)
+        self.num_kv_tiles = _product(self.kv_extent)
+        self.num_full_tiles = _product(self.full_extent)
+        self.num_partial_tiles = self.num_kv_tiles - self.num_full_tiles
 
     def kv_tile(self, j: Num) -> list[Num]:
         """Per-dim KV tile indices of the ``j``-th visited tile (row-major over the box)."""
-        idx: list[Num] = [0] * self.geom.rank
-        rem = j
-        for i in reversed(range(self.geom.rank)):
-            if i == 0:
-                idx[i] = self.kv_lo[i] + rem
-            else:
-                idx[i] = self.kv_lo[i] + rem % self.kv_extent[i]
-                rem = rem // self.kv_extent[i]
-        return idx
+        return self._box_index(j, self.kv_lo, self.kv_extent)
 
     def kv_is_full(self, kv: Sequence[Num]) -> Num:
         """Whether the pair (this Q tile, KV tile ``kv``) needs no element mask (every dim full)."""
-        g = self.geom
         full = None
-        for i in range(g.rank):
-            f = nb.kv_tile_is_full(
-                self.q_tile_idx[i], kv[i], g.q_tile[i], g.kv_tile[i], self.group_len[i],
-                g.kernel_size[i], g.stride[i], g.is_causal[i], self.mn, self.mx,
-            )
+        for i in range(self.geom.rank):
+            f = (kv[i] >= self.full_lo[i]) & (kv[i] < self.full_lo[i] + self.full_extent[i])
             full = f if full is None else (full & f)
         return full
+
+    # The partial-first order: the kernels visit the partial tiles (masked loop body) before the
+    # full ones (unmasked body), so the two kinds of iterations run in separate loops and no
+    # per-tile branch merges masked and unmasked scores.  The full tiles are the sub-box
+    # ``full_lo + [0, full_extent)``; the partial ones are the rest of the box, peeled dim by dim.
+
+    def full_tile(self, j: Num) -> list[Num]:
+        """Per-dim KV tile indices of the ``j``-th full tile (row-major over the full sub-box)."""
+        return self._box_index(j, self.full_lo, self.full_extent)
+
+    def _partial_parts(self) -> list[tuple[list[Num], list[Num]]]:
+        """The partial tiles as ``2 * rank`` boxes ``(origin, extent)``, some possibly empty.
+
+        Part ``(d, low)``: dims before ``d`` in their full range, dim ``d`` below its full range,
+        dims after ``d`` over the whole box; ``(d, high)`` likewise above the full range.
+        """
+        parts = []
+        r = self.geom.rank
+        for d in range(r):
+            f_hi = self.full_lo[d] + self.full_extent[d]
+            for lo_d, ext_d in (
+                (self.kv_lo[d], self.full_lo[d] - self.kv_lo[d]),
+                (f_hi, self.kv_lo[d] + self.kv_extent[d] - f_hi),
+            ):
+                origin = self.full_lo[:d] + [lo_d] + self.kv_lo[d + 1:]
+                extent = self.full_extent[:d] + [ext_d] + self.kv_extent[d + 1:]
+                parts.append((origin, extent))
+        return parts
+
+    def partial_tile(self, j: Num) -> list[Num]:
+        """Per-dim KV tile indices of the ``j``-th partial tile, ``0 <= j < num_partial_tiles``.
+
+        The last part starting at or before ``j`` holds it (empty parts start where the next one
+        does, so they are never the last such part); then ``j`` is decoded inside that box.
+        """
+        parts = self._partial_parts()
+        origin, extent = list(parts[0][0]), list(parts[0][1])
+        base: Num = 0
+        start: Num = 0
+        prev_size = _product(extent)
+        for p_origin, p_extent in parts[1:]:
+            start = start + prev_size
+            prev_size = _product(p_extent)
+            take = j >= start
+            origin = [self.sel(take, a, b) for a, b in zip(p_origin, origin)]
+            extent = [self.sel(take, a, b) for a, b in zip(p_extent, extent)]
+            base = self.sel(take, start, base)
+        return self._box_index(j - base, origin, extent)
+
+    def tile_at(self, t: Num) -> list[Num]:
+        """The ``t``-th visited tile in the partial-first order (for the producer's single loop)."""
+        is_full = t >= self.num_partial_tiles
+        p = self.partial_tile(self.mn(t, self.mx(self.num_partial_tiles - 1, 0)))
+        f = self.full_tile(self.mx(t - self.num_partial_tiles, 0))
+        return [self.sel(is_full, a, b) for a, b in zip(f, p)]
+
+    def _box_index(self, j: Num, origin: Sequence[Num], extent: Sequence[Num]) -> list[Num]:
+        """Per-dim indices of position ``j`` of a box (row-major, last dim fastest).
+
+        Divides by ``max(extent, 1)``: callers may decode a clamped index of an empty box
+        (``tile_at``) and discard the result, which must not divide by zero.
+        """
+        idx: list[Num] = [0] * len(origin)
+        rem = j
+        for i in reversed(range(len(origin))):
+            if i == 0:
+                idx[i] = origin[i] + rem
+            else:
+                ext = self.mx(extent[i], 1)
+                idx[i] = origin[i] + rem % ext
+                rem = rem // ext
+        return idx
 
     def row_window(self, q_in_tile: Sequence[Num]) -> list[tuple[Num, Num]]:
         """Per-dim key window ``[start, end)`` (in-group positions) of the query at ``q_in_tile``.

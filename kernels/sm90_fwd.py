@@ -34,7 +34,7 @@ from gna_cute.kernels.mask import RowWindows
 from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
 from gna_cute.kernels.softmax import OnlineSoftmax, acc_rows_view, rescale_rows
 
-MAINLOOPS = ("serial", "rotated")
+MAINLOOPS = ("serial", "rotated", "hybrid")
 _SMEM_BUDGET = 220 * 1024
 # With O staged in Q's smem: the H100's 227 KiB per block less 1 KiB for the mbarriers (aligned).
 _SMEM_BUDGET_ALIASED = 227 * 1024 - 1024
@@ -77,29 +77,24 @@ class GNAFwdSm90:
     num_mma_regs = 240
 
     def __init__(
-        self, cfg: FwdConfig, overlap: bool | None = None, turns: bool = True,
-        rotate: bool | None = None, alias_o: bool = False, stages: int | None = None,
+        self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
+        alias_o: bool = False, stages: int | None = None,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
             raise ValueError(f"q_tile_shape={cfg.q_tile_shape} must hold 128 tokens (2 warpgroups x 64 rows)")
         if cfg.kv_tile_size % 16 or not 16 <= cfg.kv_tile_size <= 256:
             raise ValueError(f"kv_tile_shape={cfg.kv_tile_shape} must hold a multiple of 16 tokens, 16..256")
-        if cfg.mainloop not in MAINLOOPS:
-            raise ValueError(f"cfg.mainloop={cfg.mainloop!r} must be one of {MAINLOOPS}")
+        # ``mainloop`` overrides cfg.mainloop (_dev_check times every variant); "rotated": QK(j)
+        # overlapped with PV(j-1) inside each warpgroup, warpgroups taking turns; "hybrid": the
+        # partial tiles serially, the full ones rotated.  Chosen per problem (tile_choice).
+        self.mainloop = cfg.mainloop if mainloop is None else mainloop
+        if self.mainloop not in MAINLOOPS:
+            raise ValueError(f"mainloop={self.mainloop!r} must be one of {MAINLOOPS}")
         self.cfg = cfg
-        # Flags left as None follow cfg.mainloop ("rotated" = overlap + rotate + turns); _dev_check
-        # passes them explicitly to time every variant.
-        if overlap is None:
-            overlap = cfg.mainloop == "rotated"
-        if rotate is None:
-            rotate = cfg.mainloop == "rotated"
-        # QK(j) overlapped with PV(j-1) inside each warpgroup.  Off by default: on the H100 the
-        # rotated form wins 3-8 % on full-tile KV-128 loops (dense, block-sparse strides) but loses
-        # 1-3 % where many tiles are masked or KV tiles hold 64 tokens (docs/sm90-kernel.md).
-        self.overlap = overlap
-        self.turns = turns and overlap  # the two warpgroups take turns issuing GEMMs
-        self.rotate = rotate and overlap  # overlapped loop with the PV wait at the iteration's top
+        # The producer issues K one tile ahead of V for the rotated loops (serial: K and V together).
+        self.overlap = self.mainloop != "serial"
+        self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
         self.dtype = fwd_common.DTYPES[cfg.dtype]
@@ -262,7 +257,8 @@ class GNAFwdSm90:
         tma_atom_V: cute.CopyAtom, tma_V: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
         pipe_q: Any, pipe_k: Any, pipe_v: Any,
     ):
-        """Producer warp: Q once, then K and V of every scheduled KV tile, in schedule order."""
+        """Producer warp: Q once, then K and V of every scheduled KV tile, partial tiles first
+        (the consumers' order: ``QTileWork.tile_at``)."""
         tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
         tiler_k = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
         tiler_v = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdimv)
@@ -299,7 +295,7 @@ class GNAFwdSm90:
         head_kv: Int32, batch: Int32, j: Int32, state: Any,
     ) -> None:
         """Acquire a stage and TMA-load the ``j``-th scheduled K or V tile into it."""
-        coord = self._tile_coord(work.kv_tile(j), head_kv, work.group, batch)[1]
+        coord = self._tile_coord(work.tile_at(j), head_kv, work.group, batch)[1]
         fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state)
 
     @cute.jit
@@ -342,21 +338,13 @@ class GNAFwdSm90:
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         pipe_q.consumer_wait(q_state)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        if const_expr(self.rotate):
-            num_full = self._mainloop_rotated(
-                work, wg, windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt,
-                pipe_k, pipe_v,
-            )
-        elif const_expr(self.overlap):
-            num_full = self._mainloop_overlapped(
-                work, wg, windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt,
-                pipe_k, pipe_v,
-            )
+        loop_args = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
+        if const_expr(self.mainloop == "rotated"):
+            num_full = self._mainloop_rotated(work, wg, *loop_args)
+        elif const_expr(self.mainloop == "hybrid"):
+            num_full = self._mainloop_hybrid(work, wg, *loop_args)
         else:
-            num_full = self._mainloop_serial(
-                work, windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt,
-                pipe_k, pipe_v,
-            )
+            num_full = self._mainloop_serial(work, *loop_args)
 
         lse = cute.make_rmem_tensor(num_rows, Float32)
         softmax.finalize(row_scale, lse)
@@ -368,18 +356,14 @@ class GNAFwdSm90:
                 mCounts[(0, *idx)] = work.num_kv_tiles
                 mCounts[(1, *idx)] = num_full
 
-    @cute.jit
     def _scores(
-        self, acc_S: cute.Tensor, kv: list, full: Any, windows: RowWindows, col_coords: list,
-        softmax: OnlineSoftmax, row_scale: cute.Tensor, num_full: Int32,
-    ) -> Int32:
-        """S -> P in place: element mask only on partial tiles, then the online softmax step."""
-        if full:
-            num_full += 1
-        else:
+        self, acc_S: cute.Tensor, kv: list, masked: bool, windows: RowWindows, col_coords: list,
+        softmax: OnlineSoftmax, row_scale: cute.Tensor,
+    ) -> None:
+        """S -> P in place: the element mask (partial tiles only), then the online softmax step."""
+        if const_expr(masked):
             windows.apply(acc_S, col_coords, kv)
         softmax.update(acc_S, row_scale)
-        return num_full
 
     def _qk(self, acc_S: cute.Tensor, tSrQ: cute.Tensor, tSrK: cute.Tensor, pipe_k: Any, k_state: Any) -> None:
         """S = Q K^T of the K stage ``k_state``, waited for; the stage is released at once."""
@@ -421,55 +405,76 @@ class GNAFwdSm90:
             if wg == 0:
                 cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER, number_of_threads=256)
 
+    def _serial_step(
+        self, kv: list, masked: bool, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
+        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, kv_state: Any,
+    ) -> None:
+        """One KV tile, QK then softmax then PV; the caller advances ``kv_state``."""
+        self._qk(acc_S, tSrQ, tSrK, pipe_k, kv_state)
+        self._scores(acc_S, kv, masked, windows, col_coords, softmax, row_scale)
+        rescale_rows(acc_O, row_scale)
+        tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+        self._pv(acc_O, tOrP, tOrVt, pipe_v, kv_state)
+
     @cute.jit
     def _mainloop_serial(
         self, work: QTileWork, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
         tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any,
     ) -> Int32:
-        """Reference schedule: QK, softmax, PV one after the other (kept for A/B timing)."""
+        """QK, softmax, PV one after the other: partial tiles (masked), then full tiles.
+
+        Returns the number of unmasked iterations (the debug counters' "full" count).
+        """
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        num_full = Int32(0)
-        for j in cutlass.range(work.num_kv_tiles, unroll=1):
-            kv = work.kv_tile(j)
-            self._qk(acc_S, tSrQ, tSrK, pipe_k, kv_state)
-            num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
-            rescale_rows(acc_O, row_scale)
-            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-            self._pv(acc_O, tOrP, tOrVt, pipe_v, kv_state)
+        step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
+        for j in cutlass.range(work.num_partial_tiles, unroll=1):
+            self._serial_step(work.partial_tile(j), True, *step, kv_state)
             kv_state.advance()
-        return num_full
+        for j in cutlass.range(work.num_full_tiles, unroll=1):
+            self._serial_step(work.full_tile(j), False, *step, kv_state)
+            kv_state.advance()
+        return work.num_full_tiles
 
     @cute.jit
-    def _mainloop_overlapped(
+    def _mainloop_hybrid(
         self, work: QTileWork, wg: Int32, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
         tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any,
     ) -> Int32:
-        """QK of tile j runs on the tensor cores while PV of tile j-1 is issued behind it, and the
-        softmax of tile j overlaps PV(j-1); the two warpgroups take turns issuing (named barriers),
-        so one's GEMMs run while the other does its softmax."""
-        k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        self._open_turns(wg)
-        # Tile 0: S, mask, softmax, P (O is still zero: nothing to rescale).
-        kv = work.kv_tile(0)
-        self._qk(acc_S, tSrQ, tSrK, pipe_k, k_state)
-        num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, Int32(0))
-        tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-        k_state.advance()
-        for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
-            kv = work.kv_tile(j)
-            self._qk_with_pv(wg, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, k_state, v_state)
-            num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
+        """The partial tiles serially (their mask would sit between the rotated loop's waits), then
+        the full tiles in the rotated loop (see ``_mainloop_rotated``)."""
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
+        for j in cutlass.range(work.num_partial_tiles, unroll=1):
+            self._serial_step(work.partial_tile(j), True, *step, kv_state)
+            kv_state.advance()
+        if work.num_full_tiles > 0:
+            v_state = kv_state.clone()
+            self._open_turns(wg)
+            self._qk(acc_S, tSrQ, tSrK, pipe_k, kv_state)
+            kv_state.advance()
+            self._scores(acc_S, work.full_tile(0), False, windows, col_coords, softmax, row_scale)
+            for f in cutlass.range(1, work.num_full_tiles, unroll=1):
+                warpgroup.wait_group(0)  # PV(f-2) has finished reading V and P, and O is final
+                if f > 1:
+                    pipe_v.consumer_release(v_state)
+                    v_state.advance()
+                rescale_rows(acc_O, row_scale)
+                tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+                kv = work.full_tile(f)
+                self._qk_with_pv(wg, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, kv_state, v_state)
+                kv_state.advance()
+                self._scores(acc_S, kv, False, windows, col_coords, softmax, row_scale)
             warpgroup.wait_group(0)
-            pipe_v.consumer_release(v_state)
+            if work.num_full_tiles > 1:
+                pipe_v.consumer_release(v_state)
+                v_state.advance()
             rescale_rows(acc_O, row_scale)
             tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-            k_state.advance()
-            v_state.advance()
-        self._pv(acc_O, tOrP, tOrVt, pipe_v, v_state)
-        return num_full
+            self._pv(acc_O, tOrP, tOrVt, pipe_v, v_state)
+        return work.num_full_tiles
 
     @cute.jit
     def _mainloop_rotated(
@@ -477,33 +482,52 @@ class GNAFwdSm90:
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
         tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any,
     ) -> Int32:
-        """The overlapped schedule, rotated so that the wait for PV(j-1) opens the next iteration.
+        """QK of tile j runs on the tensor cores while PV of tile j-1 is issued behind it, and the
+        softmax of tile j overlaps PV(j-1); the two warpgroups take turns issuing (named barriers),
+        so one's GEMMs run while the other does its softmax.
 
-        Why: in ``_mainloop_overlapped`` ptxas schedules ``wgmma.wait_group 0`` (a DEPBAR with no
-        operands) to the top of the softmax block, so the exps wait for PV(j-1) and nothing
-        overlaps.  Here the softmax of tile j ends the loop body and the wait starts the next
-        one: the back edge keeps ptxas from hoisting the wait above the exps.
-        Per iteration j: wait PV(j-2); rescale O, P(j-1) -> fp16; issue QK(j) and PV(j-1);
-        wait QK(j); mask + softmax(j).
+        Rotated so that the wait for PV(j-1) opens the next iteration: with the wait after the
+        softmax, ptxas schedules ``wgmma.wait_group 0`` (a DEPBAR with no operands) to the top of
+        the softmax block, so the exps wait for PV(j-1) and nothing overlaps; the back edge keeps
+        it below the exps.  Per iteration j: wait PV(j-2); rescale O, P(j-1) -> fp16; issue QK(j)
+        and PV(j-1); wait QK(j); mask + softmax(j).  Tile 0 (QK and softmax only) is peeled; the
+        partial tiles after it run in the masked loop, then the full tiles in the unmasked one.
+        Returns the number of unmasked iterations (the debug counters' "full" count).
         """
         k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         self._open_turns(wg)
-        kv = work.kv_tile(0)
+        num_partial = work.num_partial_tiles
         self._qk(acc_S, tSrQ, tSrK, pipe_k, k_state)
         k_state.advance()
-        num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, Int32(0))
-        for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
+        if num_partial > 0:
+            self._scores(acc_S, work.partial_tile(0), True, windows, col_coords, softmax, row_scale)
+        else:
+            self._scores(acc_S, work.full_tile(0), False, windows, col_coords, softmax, row_scale)
+        for j in cutlass.range(1, num_partial, unroll=1):
             warpgroup.wait_group(0)  # PV(j-2) has finished reading V and P, and O is final
             if j > 1:
                 pipe_v.consumer_release(v_state)
                 v_state.advance()
             rescale_rows(acc_O, row_scale)
             tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-            kv = work.kv_tile(j)
+            kv = work.partial_tile(j)
             self._qk_with_pv(wg, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, k_state, v_state)
             k_state.advance()
-            num_full = self._scores(acc_S, kv, work.kv_is_full(kv), windows, col_coords, softmax, row_scale, num_full)
+            self._scores(acc_S, kv, True, windows, col_coords, softmax, row_scale)
+        # The full tiles; the first one was peeled above when there is no partial tile.
+        first_full = 1 - cutlass.min(num_partial, 1)
+        for f in cutlass.range(first_full, work.num_full_tiles, unroll=1):
+            warpgroup.wait_group(0)
+            if num_partial + f > 1:
+                pipe_v.consumer_release(v_state)
+                v_state.advance()
+            rescale_rows(acc_O, row_scale)
+            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+            kv = work.full_tile(f)
+            self._qk_with_pv(wg, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, k_state, v_state)
+            k_state.advance()
+            self._scores(acc_S, kv, False, windows, col_coords, softmax, row_scale)
         warpgroup.wait_group(0)
         if work.num_kv_tiles > 1:
             pipe_v.consumer_release(v_state)
@@ -511,7 +535,7 @@ class GNAFwdSm90:
         rescale_rows(acc_O, row_scale)
         tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
         self._pv(acc_O, tOrP, tOrVt, pipe_v, v_state)
-        return num_full
+        return work.num_full_tiles
 
     @cute.jit
     def epilogue(

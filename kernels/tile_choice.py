@@ -131,8 +131,9 @@ def choose_tile_shapes(arch: int, params: GNAParams, head_dim: int,
     return best.q_tile_shape, best.kv_tile_shape
 
 
-#: Largest fraction of masked tile pairs for which the rotated (overlapped) sm90 mainloop is used.
-ROTATED_MAX_MASKED = 0.15
+#: Above this fraction of masked tile pairs the rotated sm90 mainloop runs the masked tiles too;
+#: below it the hybrid one (masked tiles serially, full tiles rotated).
+ROTATED_MIN_MASKED = 0.6
 
 
 @lru_cache(maxsize=1024)
@@ -140,12 +141,13 @@ def choose_mainloop(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
                     kv_tile_shape: tuple[int, ...]) -> str:
     """The sm90 mainloop for this problem and tiling (``FwdConfig.mainloop``).
 
-    Measured on the H100 (docs/sm90-kernel.md): the rotated loop (QK(j) overlapped with PV(j-1))
-    wins 3-8 % on loops of mostly unmasked 128-token KV tiles (dense, block-sparse strides, 1D
-    s=1 with 11 % masked) and loses 1-3 % where many tiles are masked or KV tiles hold 64 tokens.
+    Measured on the H100 (docs/sm90-kernel.md, partial-first loops): with KV tiles of 128 tokens
+    the hybrid loop is fastest or tied where at most half the visited pairs are masked (1D s=1
+    11 %, 2D s=1 43-50 %, block-sparse and dense 0 %), the rotated loop where most are (3D s=1 with
+    8x4x4/4x8x4 tiles, 68 %: 4 % ahead); with KV tiles of 64 tokens the serial loop.
     """
     if arch != 90 or prod(kv_tile_shape) != 128:
         return "serial"
     cost = tile_cost(params, q_tile_shape, kv_tile_shape)
     masked = cost.partial / max(1, cost.full + cost.partial)
-    return "rotated" if masked <= ROTATED_MAX_MASKED else "serial"
+    return "rotated" if masked > ROTATED_MIN_MASKED else "hybrid"

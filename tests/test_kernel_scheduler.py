@@ -4,6 +4,8 @@
 plain ints over every (dilation group, Q tile), and the union of the (query, key) pairs it lets
 through -- per visited KV tile, filtered by the same per-row windows the kernel's element mask
 uses -- must equal the brute-force mask exactly; a tile it calls *full* must need no mask at all.
+The tiles are visited as the sm90 kernel does: the partial ones (masked loop), then the full ones
+(unmasked loop), each exactly once, and the producer's ``tile_at`` order must be that same order.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ def _covered_pairs(shape, ks, st, dl, ca, q_tile, kv_tile) -> tuple[np.ndarray, 
     wrong_full = 0
     for w in range(geom.num_work_tiles(shape)):
         work = QTileWork(geom, shape, w)
-        for j in range(work.num_kv_tiles):
-            kv = work.kv_tile(j)
-            full = work.kv_is_full(kv)
+        order = [(work.partial_tile(j), False) for j in range(work.num_partial_tiles)]
+        order += [(work.full_tile(j), True) for j in range(work.num_full_tiles)]
+        box = sorted(tuple(work.kv_tile(j)) for j in range(work.num_kv_tiles))
+        assert sorted(tuple(kv) for kv, _ in order) == box, "each tile of the box exactly once"
+        assert [work.tile_at(t) for t in range(work.num_kv_tiles)] == [kv for kv, _ in order]
+        assert all(bool(work.kv_is_full(kv)) == full for kv, full in order)
+        for kv, full in order:
             for qf in range(int(np.prod(q_tile))):
                 q_in = split_tile_index(qf, q_tile)
                 q = [work.q_tile_idx[i] * q_tile[i] + q_in[i] for i in range(rank)]
