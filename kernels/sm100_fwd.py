@@ -5,13 +5,15 @@ Compile-checked on a CPU only (no Blackwell GPU here); its GPU tests are ready f
 One CTA computes one Q tile (128 or 256 in-group tokens of one dilation group, a 1-3 dim box) of
 one (batch, head).  A 256-token tile is two 128-row halves *in flight at once*: they share every
 K/V load, and while the softmax of one half runs, the tensor cores work on the other.  Roles:
-- load warp: Q once, then K and V of every KV tile the shared scheduler names, by TMA straight
-  from the heads-last layout (``tile_views``) into a multi-stage shared-memory pipeline;
+- load warp: Q once, then K and V of every KV tile the shared scheduler names, partial tiles
+  first, by TMA straight from the heads-last layout (``tile_views``) into a multi-stage
+  shared-memory pipeline;
 - MMA warp (one issuing thread): per KV tile ``S_h = Q_h K^T`` for each half into tensor memory,
   then ``O_h += P_h V`` into tensor memory (tcgen05, both operands in shared memory);
 - one softmax warpgroup per half (one thread per Q row): read S from tensor memory, mask only
-  partial tiles (window math of ``neighborhood`` via ``scheduler``/``mask``), online softmax in
-  fp32 registers, P (input dtype) to shared memory, the row's rescale factor to the correction
+  partial tiles (window math of ``neighborhood`` via ``scheduler``/``mask``; the partial tiles
+  run in a masked loop, then the full ones in an unmasked one), online softmax in fp32
+  registers, P (input dtype) to shared memory, the row's rescale factor to the correction
   warpgroup;
 - correction warpgroup (one thread per row of every half): rescale the O rows in tensor memory
   between P V products; at the end normalize O into shared memory (over Q), one TMA store of the Q
@@ -236,8 +238,6 @@ class GNAFwdSm100:
         sV = fwd_common.smem_tensor(storage.sV, self.sV_layout)
         sP = fwd_common.smem_tensor(storage.sP, self.sP_layout)
 
-        work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
-
         row_scale = storage.row_scale.get_tensor(cute.make_layout((_ROWS, self.halves)))
         row_lse = storage.row_lse.get_tensor(cute.make_layout((_ROWS, self.halves)))
         tmem = utils.TmemAllocator(
@@ -248,9 +248,12 @@ class GNAFwdSm100:
             allocator_warp_id=0,
         )
         tmem.allocate(self.tmem_cols)  # by the allocator warp only
-        # Each role runs entirely inside its branch (register reallocation needs that).
+        # Each role runs entirely inside its branch (register reallocation needs that), and builds
+        # its scheduler work item there, after its register change: built once before the branches,
+        # the scheduler values live across the reallocation and ptxas spilled them (2D KV 16x8).
         if warp_idx >= self.mma_warp:
             self._set_registers(self.regs[2])
+            work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
             if warp_idx == self.load_warp:
                 self.load(work, head, head_kv, batch, tma_atom_Q, tma_Q, tma_atom_K, tma_K, tma_atom_V,
                           tma_V, sQ, sK, sV, pipe_q, pipe_k, pipe_v)  # fmt: skip
@@ -260,6 +263,7 @@ class GNAFwdSm100:
                 self.mma(work, tmem_ptr, sQ, sK, sV, sP, pipe_q, pipe_k, pipe_v, pipe_s, pipe_p, pipe_o)
         elif warp_idx >= self.correction_warp:
             self._set_registers(self.regs[1])
+            work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
             tmem.wait_for_alloc()
             tmem_ptr = tmem.retrieve_ptr(Float32)
             self.correction(work, head, batch, tmem_ptr, sQ, pipe_o, pipe_c, row_scale, row_lse,
@@ -267,6 +271,7 @@ class GNAFwdSm100:
             cute.arch.barrier(barrier_id=_TEARDOWN_BARRIER, number_of_threads=(self.halves + 1) * _ROWS)
         else:
             self._set_registers(self.regs[0])
+            work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
             tmem.wait_for_alloc()
             tmem_ptr = tmem.retrieve_ptr(Float32)
             tmem.relinquish_alloc_permit()
@@ -296,7 +301,9 @@ class GNAFwdSm100:
         tma_atom_V: cute.CopyAtom, tma_V: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
         pipe_q: Any, pipe_k: Any, pipe_v: Any,
     ):  # fmt: skip
-        """Q once, then K and V of every scheduled KV tile, in schedule order."""
+        """Q once, then K and V of every scheduled KV tile: the partial tiles, then the full ones
+        (the softmax warpgroups' order, ``QTileWork.tile_at``'s; two loops decode fewer indices
+        than ``tile_at``, which computes both kinds of tile for every tile)."""
         tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
         tiler_kv = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
         q_coord = tile_views.tile_coord(work.q_tile_idx, head, work.group, batch, self.dilated)
@@ -306,11 +313,23 @@ class GNAFwdSm100:
         tVsV, tVgV = fwd_common.tma_tile_partition(tma_atom_V, sV, cute.zipped_divide(tma_V, tiler_kv))
         fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
-        for j in cutlass.range(work.num_kv_tiles, unroll=1):
-            coord = tile_views.tile_coord(work.kv_tile(j), head_kv, work.group, batch, self.dilated)[1]
-            fwd_common.tma_load_stage(tma_atom_K, tKgK, tKsK, pipe_k, coord, kv_state)
-            fwd_common.tma_load_stage(tma_atom_V, tVgV, tVsV, pipe_v, coord, kv_state)
+        kv_io = (tma_atom_K, tKgK, tKsK, pipe_k, tma_atom_V, tVgV, tVsV, pipe_v, head_kv, work.group, batch)
+        for j in cutlass.range(work.num_partial_tiles, unroll=1):
+            self._load_kv(work.partial_tile(j), *kv_io, kv_state)
             kv_state.advance()
+        for f in cutlass.range(work.num_full_tiles, unroll=1):
+            self._load_kv(work.full_tile(f), *kv_io, kv_state)
+            kv_state.advance()
+
+    def _load_kv(
+        self, kv: list, tma_atom_K: cute.CopyAtom, tKgK: cute.Tensor, tKsK: cute.Tensor, pipe_k: Any,
+        tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor, pipe_v: Any, head_kv: Int32,
+        group: list, batch: Int32, kv_state: Any,
+    ) -> None:  # fmt: skip
+        """Acquire a stage and TMA-load K and V of KV tile ``kv`` into it."""
+        coord = tile_views.tile_coord(kv, head_kv, group, batch, self.dilated)[1]
+        fwd_common.tma_load_stage(tma_atom_K, tKgK, tKsK, pipe_k, coord, kv_state)
+        fwd_common.tma_load_stage(tma_atom_V, tVgV, tVsV, pipe_v, coord, kv_state)
 
     # ------------------------------------------------------------------ MMA warp
     def _tmem_tensors(self, tmem_ptr: Any, half: int) -> tuple[cute.Tensor, cute.Tensor]:
@@ -395,7 +414,8 @@ class GNAFwdSm100:
 
         Per KV tile: S row from TMEM, mask (partial tiles only), online softmax, P row to shared
         memory; the factor by which the O row must shrink goes to the correction warpgroup.  At
-        the end, ``1 / sum`` and the LSE go the same way.
+        the end, ``1 / sum`` and the LSE go the same way.  Tiles come partial first (masked loop),
+        then full (unmasked loop), the order of the load warp (``QTileWork.tile_at``).
         """
         tidx = cute.arch.thread_idx()[0] - _ROWS * half
         tStS, _ = self._tmem_tensors(tmem_ptr, half)
@@ -415,46 +435,36 @@ class GNAFwdSm100:
 
         row_max = -Float32.inf
         row_sum = Float32(0.0)
-        num_full = Int32(0)
         s_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
         p_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
         c_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
-        for j in cutlass.range(work.num_kv_tiles, unroll=1):
-            kv = work.kv_tile(j)
-            full = work.kv_is_full(kv)
-            pipe_s.consumer_wait(s_state)
-            cute.copy(load_s, tSt, rS)
-            cute.arch.fence_view_async_tmem_load()
-            pipe_s.consumer_release(s_state)
+        s_io = (load_s, tSt, rS, pipe_s)
+        p_io = (rS, rP, sP[lane, None], pipe_p)
+        # The partial tiles (element mask), then the full ones (none): two loops, so no per-tile
+        # branch merges masked and unmasked scores.  The states advance in the loop bodies (the
+        # DSL carries only what a body itself advances); O holds the previous tiles' sum from the
+        # second tile on (global index ``j``, then ``num_partial + f``), and the correction
+        # warpgroup rescales it by the factor handed over.
+        num_partial = work.num_partial_tiles
+        for j in cutlass.range(num_partial, unroll=1):
+            kv = work.partial_tile(j)
+            self._load_s(*s_io, s_state)
             s_state.advance()
-            if full:
-                num_full += 1
-            else:
-                self._mask_row(rS, windows, col_in_tile, kv)
-            tile_max = rS[0]
-            for c in cutlass.range_constexpr(1, cute.size(rS)):
-                tile_max = cute.arch.fmax(tile_max, rS[c])
-            new_max = cute.arch.fmax(row_max, tile_max)
-            safe_max = Float32(0.0) if new_max == -Float32.inf else new_max
-            max_scaled = safe_max * scale_log2
-            rescale = cute.math.exp2(row_max * scale_log2 - max_scaled, fastmath=True)
-            row_max = new_max
-            acc = row_sum * rescale
-            for c in cutlass.range_constexpr(cute.size(rS)):
-                p = cute.math.exp2(rS[c] * scale_log2 - max_scaled, fastmath=True)
-                rS[c] = p
-                acc = acc + p
-            row_sum = acc
-            if j > 0:  # O holds the previous tiles' sum: the correction warpgroup rescales it
-                pipe_c.producer_acquire(c_state)
-                row_scale[lane, half] = rescale
-                pipe_c.producer_commit(c_state)
+            self._mask_row(rS, windows, col_in_tile, kv)
+            row_max, row_sum, rescale = self._softmax_step(rS, row_max, row_sum, scale_log2)
+            if j > 0:
+                self._send_factor(row_scale, lane, half, rescale, pipe_c, c_state)
                 c_state.advance()
-            rP.store(rS.load().to(self.dtype))
-            pipe_p.producer_acquire(p_state)  # the previous P V has finished reading sP
-            cute.autovec_copy(rP, sP[lane, None])
-            cute.arch.fence_view_async_shared()
-            pipe_p.producer_commit(p_state)
+            self._store_p(*p_io, p_state)
+            p_state.advance()
+        for f in cutlass.range(work.num_full_tiles, unroll=1):
+            self._load_s(*s_io, s_state)
+            s_state.advance()
+            row_max, row_sum, rescale = self._softmax_step(rS, row_max, row_sum, scale_log2)
+            if num_partial + f > 0:
+                self._send_factor(row_scale, lane, half, rescale, pipe_c, c_state)
+                c_state.advance()
+            self._store_p(*p_io, p_state)
             p_state.advance()
 
         empty = row_sum == Float32(0.0)
@@ -468,7 +478,7 @@ class GNAFwdSm100:
             if tidx == 0 and half == 0 and batch == 0 and head == 0:
                 idx = (*work.group, *work.q_tile_idx)
                 mCounts[(0, *idx)] = work.num_kv_tiles
-                mCounts[(1, *idx)] = num_full
+                mCounts[(1, *idx)] = work.num_full_tiles  # the unmasked iterations
 
     # ------------------------------------------------------------------ correction warpgroup
     @cute.jit
@@ -513,6 +523,49 @@ class GNAFwdSm100:
             tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
             coord = tile_views.tile_coord(work.q_tile_idx, head, work.group, batch, self.dilated)
             fwd_common.tma_store_tile(tma_atom_O, sQ, cute.zipped_divide(tma_O, tiler_o)[coord])
+
+    def _load_s(self, load_s: Any, tSt: cute.Tensor, rS: cute.Tensor, pipe_s: Any, s_state: Any) -> None:
+        """This thread's S row from tensor memory into ``rS``; the S buffer is released at once."""
+        pipe_s.consumer_wait(s_state)
+        cute.copy(load_s, tSt, rS)
+        cute.arch.fence_view_async_tmem_load()
+        pipe_s.consumer_release(s_state)
+
+    @cute.jit
+    def _softmax_step(self, rS: cute.Tensor, row_max: Float32, row_sum: Float32, scale_log2: Float32):
+        """Online softmax of one tile's scores, in place (``rS`` becomes P, unnormalized).
+
+        Returns the new ``(row_max, row_sum)`` and the factor by which the O row must shrink.
+        """
+        tile_max = rS[0]
+        for c in cutlass.range_constexpr(1, cute.size(rS)):
+            tile_max = cute.arch.fmax(tile_max, rS[c])
+        new_max = cute.arch.fmax(row_max, tile_max)
+        safe_max = Float32(0.0) if new_max == -Float32.inf else new_max
+        max_scaled = safe_max * scale_log2
+        rescale = cute.math.exp2(row_max * scale_log2 - max_scaled, fastmath=True)
+        acc = row_sum * rescale
+        for c in cutlass.range_constexpr(cute.size(rS)):
+            p = cute.math.exp2(rS[c] * scale_log2 - max_scaled, fastmath=True)
+            rS[c] = p
+            acc = acc + p
+        return new_max, acc, rescale
+
+    def _send_factor(
+        self, row_scale: cute.Tensor, lane: Int32, half: int, factor: Float32, pipe_c: Any, c_state: Any
+    ) -> None:
+        """This row's O rescale factor to the correction warpgroup (through shared memory)."""
+        pipe_c.producer_acquire(c_state)
+        row_scale[lane, half] = factor
+        pipe_c.producer_commit(c_state)
+
+    def _store_p(self, rS: cute.Tensor, rP: cute.Tensor, sP_row: cute.Tensor, pipe_p: Any, p_state: Any) -> None:
+        """P row (input dtype) to shared memory, once the previous P V has finished reading it."""
+        rP.store(rS.load().to(self.dtype))
+        pipe_p.producer_acquire(p_state)
+        cute.autovec_copy(rP, sP_row)
+        cute.arch.fence_view_async_shared()
+        pipe_p.producer_commit(p_state)
 
     @cute.jit
     def _mask_row(self, rS: cute.Tensor, windows: RowWindows, col_in_tile: list, kv: list) -> None:
