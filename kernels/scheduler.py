@@ -15,6 +15,7 @@ causal flags are compile-time Python values; spatial lengths and indices are run
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 from typing import Any, Callable, Sequence
 
 from gna_cute import neighborhood as nb
@@ -27,13 +28,6 @@ Select = Callable[[Any, Num, Num], Num]  # sel(cond, a, b): a where cond else b
 
 def _py_select(cond: Any, a: Num, b: Num) -> Num:
     return a if cond else b
-
-
-def _product(xs: Sequence[Num]) -> Num:
-    out = xs[0]
-    for x in xs[1:]:
-        out = out * x
-    return out
 
 
 @dataclass(frozen=True)
@@ -132,21 +126,9 @@ class QTileWork(DslCarried):
             f_lo = mn(mx(f_lo, lo), hi)
             self.full_lo.append(f_lo)
             self.full_extent.append(mx(mn(f_hi, hi), f_lo) - f_lo)
-        self.num_kv_tiles = _product(self.kv_extent)
-        self.num_full_tiles = _product(self.full_extent)
+        self.num_kv_tiles = prod(self.kv_extent)
+        self.num_full_tiles = prod(self.full_extent)
         self.num_partial_tiles = self.num_kv_tiles - self.num_full_tiles
-
-    def kv_tile(self, j: Num) -> list[Num]:
-        """Per-dim KV tile indices of the ``j``-th visited tile (row-major over the box)."""
-        return self._box_index(j, self.kv_lo, self.kv_extent)
-
-    def kv_is_full(self, kv: Sequence[Num]) -> Num:
-        """Whether the pair (this Q tile, KV tile ``kv``) needs no element mask (every dim full)."""
-        full = None
-        for i in range(self.geom.rank):
-            f = (kv[i] >= self.full_lo[i]) & (kv[i] < self.full_lo[i] + self.full_extent[i])
-            full = f if full is None else (full & f)
-        return full
 
     # The partial-first order: the kernels visit the partial tiles (masked loop body) before the
     # full ones (unmasked body), so the two kinds of iterations run in separate loops and no
@@ -186,10 +168,10 @@ class QTileWork(DslCarried):
         origin, extent = list(parts[0][0]), list(parts[0][1])
         base: Num = 0
         start: Num = 0
-        prev_size = _product(extent)
+        prev_size = prod(extent)
         for p_origin, p_extent in parts[1:]:
             start = start + prev_size
-            prev_size = _product(p_extent)
+            prev_size = prod(p_extent)
             take = j >= start
             origin = [self.sel(take, a, b) for a, b in zip(p_origin, origin)]
             extent = [self.sel(take, a, b) for a, b in zip(p_extent, extent)]

@@ -10,13 +10,24 @@ The tiles are visited as the sm90 kernel does: the partial ones (masked loop), t
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
 import pytest
 
 from brute_force import neighborhood_mask
+from gna_cute import neighborhood as nb
 from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
+
+
+def _is_full(geom: TileGeometry, work: QTileWork, kv) -> bool:
+    """The pair needs no mask: ``neighborhood.kv_tile_is_full`` in every dim."""
+    return all(
+        nb.kv_tile_is_full(work.q_tile_idx[i], kv[i], geom.q_tile[i], geom.kv_tile[i], work.group_len[i],
+                           geom.kernel_size[i], geom.stride[i], geom.is_causal[i])
+        for i in range(geom.rank)
+    )
 
 
 def _covered_pairs(shape, ks, st, dl, ca, q_tile, kv_tile) -> tuple[np.ndarray, int]:
@@ -28,10 +39,10 @@ def _covered_pairs(shape, ks, st, dl, ca, q_tile, kv_tile) -> tuple[np.ndarray, 
         work = QTileWork(geom, shape, w)
         order = [(work.partial_tile(j), False) for j in range(work.num_partial_tiles)]
         order += [(work.full_tile(j), True) for j in range(work.num_full_tiles)]
-        box = sorted(tuple(work.kv_tile(j)) for j in range(work.num_kv_tiles))
+        box = sorted(itertools.product(*(range(lo, lo + e) for lo, e in zip(work.kv_lo, work.kv_extent))))
         assert sorted(tuple(kv) for kv, _ in order) == box, "each tile of the box exactly once"
         assert [work.tile_at(t) for t in range(work.num_kv_tiles)] == [kv for kv, _ in order]
-        assert all(bool(work.kv_is_full(kv)) == full for kv, full in order)
+        assert all(_is_full(geom, work, kv) == full for kv, full in order)
         for kv, full in order:
             for qf in range(int(np.prod(q_tile))):
                 q_in = split_tile_index(qf, q_tile)
@@ -85,5 +96,5 @@ def test_worked_example_tile_ranges():
     ranges = []
     for w in range(geom.num_work_tiles([10])):
         work = QTileWork(geom, [10], w)
-        ranges.append([work.kv_tile(j)[0] for j in range(work.num_kv_tiles)])
+        ranges.append(list(range(work.kv_lo[0], work.kv_lo[0] + work.kv_extent[0])))
     assert ranges == [[0, 1], [2, 3], [3, 4]]
