@@ -178,18 +178,33 @@ class QTileWork(DslCarried):
             base = self.sel(take, start, base)
         return self._box_index(j - base, origin, extent)
 
-    def tile_at(self, t: Num) -> list[Num]:
-        """The ``t``-th visited tile in the partial-first order (for the producer's single loop)."""
-        is_full = t >= self.num_partial_tiles
-        p = self.partial_tile(self.mn(t, self.mx(self.num_partial_tiles - 1, 0)))
-        f = self.full_tile(self.mx(t - self.num_partial_tiles, 0))
-        return [self.sel(is_full, a, b) for a, b in zip(f, p)]
+    def kv_boxes(self) -> list[tuple[list[Num], list[Num]]]:
+        """The visited tiles as ``(origin, extent)`` boxes in the visiting order: the ``2 * rank``
+        partial parts, then the full sub-box.  Walking each box row-major with ``box_step`` gives
+        the order of ``partial_tile`` then ``full_tile`` without a division or a part search per
+        tile (the producer's loops; its issue slots are shared with a consumer warp's)."""
+        return self._partial_parts() + [(list(self.full_lo), list(self.full_extent))]
+
+    def box_step(self, idx: Sequence[Num], origin: Sequence[Num], extent: Sequence[Num]) -> list[Num]:
+        """The row-major successor of ``idx`` inside a box (an odometer: the last dim advances, a dim
+        that passes its end returns to its origin and carries; dim 0 only ever advances)."""
+        out = list(idx)
+        carry: Num = 1
+        for i in reversed(range(len(idx))):
+            v = idx[i] + carry
+            if i == 0:
+                out[0] = v
+            else:
+                wrap = v >= origin[i] + extent[i]
+                out[i] = self.sel(wrap, origin[i], v)
+                carry = self.sel(wrap, 1, 0)
+        return out
 
     def _box_index(self, j: Num, origin: Sequence[Num], extent: Sequence[Num]) -> list[Num]:
         """Per-dim indices of position ``j`` of a box (row-major, last dim fastest).
 
-        Divides by ``max(extent, 1)``: callers may decode a clamped index of an empty box
-        (``tile_at``) and discard the result, which must not divide by zero.
+        Divides by ``max(extent, 1)``: ``partial_tile`` decodes inside its selected part, which
+        may be an empty one when ``j`` is out of range, and must not divide by zero there.
         """
         idx: list[Num] = [0] * len(origin)
         rem = j
@@ -230,3 +245,10 @@ def split_tile_index(flat: Num, tile: Sequence[int]) -> list[Num]:
             out[i] = rem % tile[i]
             rem = rem // tile[i]
     return out
+
+
+class TileCursor(DslCarried):
+    """Per-dim KV tile indices carried across a run-time loop (the producer's box walk)."""
+
+    def __init__(self, idx: Sequence[Num]) -> None:
+        self.idx = list(idx)

@@ -28,6 +28,7 @@ memory (TS MMA), a lagging row max that skips most rescales, a persistent schedu
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import cutlass
@@ -42,7 +43,7 @@ from cutlass.cute.nvgpu import OperandMajorMode, cpasync, tcgen05
 from gna_cute.kernels import fwd_common, tile_views
 from gna_cute.kernels.config import FwdConfig
 from gna_cute.kernels.mask import RowWindows
-from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
+from gna_cute.kernels.scheduler import QTileWork, TileCursor, TileGeometry, split_tile_index
 from gna_cute.kernels.softmax import LN2
 
 _SMEM_BUDGET = 220 * 1024
@@ -302,8 +303,8 @@ class GNAFwdSm100:
         pipe_q: Any, pipe_k: Any, pipe_v: Any,
     ):  # fmt: skip
         """Q once, then K and V of every scheduled KV tile: the partial tiles, then the full ones
-        (the softmax warpgroups' order, ``QTileWork.tile_at``'s; two loops decode fewer indices
-        than ``tile_at``, which computes both kinds of tile for every tile)."""
+        (the softmax warpgroups' order), walking ``QTileWork.kv_boxes`` with ``box_step``: a compare
+        and a select per dim and tile, no division (the sm90 producer's walk, see there)."""
         tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
         tiler_kv = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
         q_coord = tile_views.tile_coord(work.q_tile_idx, head, work.group, batch, self.dilated)
@@ -314,12 +315,12 @@ class GNAFwdSm100:
         fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         kv_io = (tma_atom_K, tKgK, tKsK, pipe_k, tma_atom_V, tVgV, tVsV, pipe_v, head_kv, work.group, batch)
-        for j in cutlass.range(work.num_partial_tiles, unroll=1):
-            self._load_kv(work.partial_tile(j), *kv_io, kv_state)
-            kv_state.advance()
-        for f in cutlass.range(work.num_full_tiles, unroll=1):
-            self._load_kv(work.full_tile(f), *kv_io, kv_state)
-            kv_state.advance()
+        for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
+            cur = TileCursor(origin)
+            for _ in cutlass.range(math.prod(extent), unroll=1):
+                self._load_kv(cur.idx, *kv_io, kv_state)
+                kv_state.advance()
+                cur = TileCursor(work.box_step(cur.idx, origin, extent))
 
     def _load_kv(
         self, kv: list, tma_atom_K: cute.CopyAtom, tKgK: cute.Tensor, tKsK: cute.Tensor, pipe_k: Any,
@@ -415,7 +416,7 @@ class GNAFwdSm100:
         Per KV tile: S row from TMEM, mask (partial tiles only), online softmax, P row to shared
         memory; the factor by which the O row must shrink goes to the correction warpgroup.  At
         the end, ``1 / sum`` and the LSE go the same way.  Tiles come partial first (masked loop),
-        then full (unmasked loop), the order of the load warp (``QTileWork.tile_at``).
+        then full (unmasked loop), the order of the load warp (``QTileWork.kv_boxes``).
         """
         tidx = cute.arch.thread_idx()[0] - _ROWS * half
         tStS, _ = self._tmem_tensors(tmem_ptr, half)

@@ -31,7 +31,7 @@ from cutlass.utils import LayoutEnum
 from gna_cute.kernels import fwd_common, tile_views
 from gna_cute.kernels.config import FwdConfig
 from gna_cute.kernels.mask import RowWindows
-from gna_cute.kernels.scheduler import QTileWork, TileGeometry, split_tile_index
+from gna_cute.kernels.scheduler import QTileWork, TileCursor, TileGeometry, split_tile_index
 from gna_cute.kernels.softmax import OnlineSoftmax, acc_rows_view, rescale_rows
 
 MAINLOOPS = ("serial", "rotated", "hybrid")
@@ -258,7 +258,11 @@ class GNAFwdSm90:
         pipe_q: Any, pipe_k: Any, pipe_v: Any,
     ):
         """Producer warp: Q once, then K and V of every scheduled KV tile, partial tiles first
-        (the consumers' order: ``QTileWork.tile_at``)."""
+        (the consumers' order), walking ``QTileWork.kv_boxes`` with ``box_step``: a compare and a
+        select per dim and tile.  It replaced a producer that decoded every tile's index like the
+        consumers do (both kinds, a part search, divisions): an ncu profile of the dense 2D problem
+        counted 251 producer instructions per KV tile with it (FA4's producer: 70; now ~85), and
+        the producer warp shares its issue slots with two consumer warps."""
         tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
         tiler_k = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
         tiler_v = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdimv)
@@ -268,34 +272,43 @@ class GNAFwdSm90:
         tVsV, tVgV = fwd_common.tma_tile_partition(tma_atom_V, sV, cute.zipped_divide(tma_V, tiler_v))
         fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q)
 
-        load_k = (tma_atom_K, tKgK, tKsK, pipe_k, work, head_kv, batch)
-        load_v = (tma_atom_V, tVgV, tVsV, pipe_v, work, head_kv, batch)
+        load_k = (tma_atom_K, tKgK, tKsK, pipe_k, work.group, head_kv, batch)
+        load_v = (tma_atom_V, tVgV, tVsV, pipe_v, work.group, head_kv, batch)
         if const_expr(not self.overlap):
             kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
-            for j in cutlass.range(work.num_kv_tiles, unroll=1):
-                self._load_kv(*load_k, j, kv_state)
-                self._load_kv(*load_v, j, kv_state)
-                kv_state.advance()
+            for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
+                cur = TileCursor(origin)
+                for _ in cutlass.range(math.prod(extent), unroll=1):
+                    self._load_kv(*load_k, cur.idx, kv_state)
+                    self._load_kv(*load_v, cur.idx, kv_state)
+                    kv_state.advance()
+                    cur = TileCursor(work.box_step(cur.idx, origin, extent))
         else:
             # The overlapped consumer needs K(j) before V(j-1): issue K one tile ahead of V, or
             # V's stage releases (one tile later than K's) would throttle the K prefetch.
             k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
             v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
-            self._load_kv(*load_k, 0, k_state)
-            k_state.advance()
-            for j in cutlass.range(1, work.num_kv_tiles, unroll=1):
-                self._load_kv(*load_k, j, k_state)
-                k_state.advance()
-                self._load_kv(*load_v, j - 1, v_state)
-                v_state.advance()
-            self._load_kv(*load_v, work.num_kv_tiles - 1, v_state)
+            prev = TileCursor(work.kv_lo)
+            has_prev = Int32(0)
+            for origin, extent in work.kv_boxes():
+                cur = TileCursor(origin)
+                for _ in cutlass.range(math.prod(extent), unroll=1):
+                    self._load_kv(*load_k, cur.idx, k_state)
+                    k_state.advance()
+                    if has_prev > 0:
+                        self._load_kv(*load_v, prev.idx, v_state)
+                        v_state.advance()
+                    prev = cur
+                    has_prev = Int32(1)
+                    cur = TileCursor(work.box_step(cur.idx, origin, extent))
+            self._load_kv(*load_v, prev.idx, v_state)
 
     def _load_kv(
-        self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, work: QTileWork,
-        head_kv: Int32, batch: Int32, j: Int32, state: Any,
+        self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, group: list,
+        head_kv: Int32, batch: Int32, kv: list, state: Any,
     ) -> None:
-        """Acquire a stage and TMA-load the ``j``-th scheduled K or V tile into it."""
-        coord = self._tile_coord(work.tile_at(j), head_kv, work.group, batch)[1]
+        """Acquire a stage and TMA-load K or V of KV tile ``kv`` (per-dim indices) into it."""
+        coord = self._tile_coord(kv, head_kv, group, batch)[1]
         fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state)
 
     @cute.jit
@@ -380,17 +393,23 @@ class GNAFwdSm90:
         pipe_v.consumer_release(v_state)
 
     def _qk_with_pv(
-        self, wg: Int32, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor, tSrK: cute.Tensor,
-        tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, k_state: Any, v_state: Any,
+        self, wg: Int32, row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
+        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, k_state: Any,
+        v_state: Any,
     ) -> None:
-        """Issue QK(j) then PV(j-1) (in this warpgroup's turn), wait for QK(j) only, release K(j).
+        """Issue QK(j), rescale O by ``row_scale`` (of j-1), issue PV(j-1) (in this warpgroup's
+        turn), wait for QK(j) only, release K(j).
 
-        PV(j-1) stays in flight: the caller waits for it after (or while) it runs the softmax of j.
+        The O rescale (64 FMULs) sits behind the QK issue so that it runs while QK(j) is on the
+        tensor cores: placed before it, ptxas kept it there in some kernels (seen in the 1D SASS)
+        and QK(j) started 64 instructions later.  PV(j-1) stays in flight: the caller waits for it
+        after (or while) it runs the softmax of j.
         """
         pipe_k.consumer_wait(k_state)
         if const_expr(self.turns):
             cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
         _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
+        rescale_rows(acc_O, row_scale)
         pipe_v.consumer_wait(v_state)
         _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
         if const_expr(self.turns):
@@ -438,6 +457,43 @@ class GNAFwdSm90:
         return work.num_full_tiles
 
     @cute.jit
+    def _rotated_step(
+        self, wg: Int32, tile_of: Any, j: Int32, masked: bool, release_v: Any, windows: RowWindows, col_coords: list,
+        softmax: OnlineSoftmax, row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor,
+        tSrQ: cute.Tensor, tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any,
+        pipe_v: Any, k_state: Any, v_state: Any,
+    ) -> tuple:
+        """One iteration of the rotated loop for KV tile ``tile_of(j)``; returns the advanced states.
+
+        Wait PV(j-2) and release its V stage (``release_v``: there was one); convert P(j-1); issue
+        QK(j), rescale O, issue PV(j-1); wait QK(j); mask (``masked``) and softmax(j).
+        """
+        warpgroup.wait_group(0)  # PV(j-2) has finished reading V and P, and O is final
+        if release_v:
+            pipe_v.consumer_release(v_state)
+            v_state.advance()
+        tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+        kv = tile_of(j)
+        self._qk_with_pv(wg, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, k_state, v_state)
+        k_state.advance()
+        self._scores(acc_S, kv, masked, windows, col_coords, softmax, row_scale)
+        return k_state, v_state
+
+    @cute.jit
+    def _rotated_finish(
+        self, release_v: Any, row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor,
+        tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_v: Any, v_state: Any,
+    ) -> None:
+        """After the rotated loop: wait the last PV in flight, then the last tile's PV."""
+        warpgroup.wait_group(0)
+        if release_v:
+            pipe_v.consumer_release(v_state)
+            v_state.advance()
+        rescale_rows(acc_O, row_scale)
+        tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+        self._pv(acc_O, tOrP, tOrVt, pipe_v, v_state)
+
+    @cute.jit
     def _mainloop_hybrid(
         self, work: QTileWork, wg: Int32, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
@@ -457,23 +513,8 @@ class GNAFwdSm90:
             kv_state.advance()
             self._scores(acc_S, work.full_tile(0), False, windows, col_coords, softmax, row_scale)
             for f in cutlass.range(1, work.num_full_tiles, unroll=1):
-                warpgroup.wait_group(0)  # PV(f-2) has finished reading V and P, and O is final
-                if f > 1:
-                    pipe_v.consumer_release(v_state)
-                    v_state.advance()
-                rescale_rows(acc_O, row_scale)
-                tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-                kv = work.full_tile(f)
-                self._qk_with_pv(wg, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, kv_state, v_state)
-                kv_state.advance()
-                self._scores(acc_S, kv, False, windows, col_coords, softmax, row_scale)
-            warpgroup.wait_group(0)
-            if work.num_full_tiles > 1:
-                pipe_v.consumer_release(v_state)
-                v_state.advance()
-            rescale_rows(acc_O, row_scale)
-            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-            self._pv(acc_O, tOrP, tOrVt, pipe_v, v_state)
+                kv_state, v_state = self._rotated_step(wg, work.full_tile, f, False, f > 1, *step, kv_state, v_state)
+            self._rotated_finish(work.num_full_tiles > 1, row_scale, acc_S, acc_O, tOrP, tOrVt, pipe_v, v_state)
         return work.num_full_tiles
 
     @cute.jit
@@ -489,13 +530,13 @@ class GNAFwdSm90:
         Rotated so that the wait for PV(j-1) opens the next iteration: with the wait after the
         softmax, ptxas schedules ``wgmma.wait_group 0`` (a DEPBAR with no operands) to the top of
         the softmax block, so the exps wait for PV(j-1) and nothing overlaps; the back edge keeps
-        it below the exps.  Per iteration j: wait PV(j-2); rescale O, P(j-1) -> fp16; issue QK(j)
-        and PV(j-1); wait QK(j); mask + softmax(j).  Tile 0 (QK and softmax only) is peeled; the
+        it below the exps (``_rotated_step``).  Tile 0 (QK and softmax only) is peeled; the
         partial tiles after it run in the masked loop, then the full tiles in the unmasked one.
         Returns the number of unmasked iterations (the debug counters' "full" count).
         """
         k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
         self._open_turns(wg)
         num_partial = work.num_partial_tiles
         self._qk(acc_S, tSrQ, tSrK, pipe_k, k_state)
@@ -505,36 +546,14 @@ class GNAFwdSm90:
         else:
             self._scores(acc_S, work.full_tile(0), False, windows, col_coords, softmax, row_scale)
         for j in cutlass.range(1, num_partial, unroll=1):
-            warpgroup.wait_group(0)  # PV(j-2) has finished reading V and P, and O is final
-            if j > 1:
-                pipe_v.consumer_release(v_state)
-                v_state.advance()
-            rescale_rows(acc_O, row_scale)
-            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-            kv = work.partial_tile(j)
-            self._qk_with_pv(wg, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, k_state, v_state)
-            k_state.advance()
-            self._scores(acc_S, kv, True, windows, col_coords, softmax, row_scale)
+            k_state, v_state = self._rotated_step(wg, work.partial_tile, j, True, j > 1, *step, k_state, v_state)
         # The full tiles; the first one was peeled above when there is no partial tile.
         first_full = 1 - cutlass.min(num_partial, 1)
         for f in cutlass.range(first_full, work.num_full_tiles, unroll=1):
-            warpgroup.wait_group(0)
-            if num_partial + f > 1:
-                pipe_v.consumer_release(v_state)
-                v_state.advance()
-            rescale_rows(acc_O, row_scale)
-            tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-            kv = work.full_tile(f)
-            self._qk_with_pv(wg, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, k_state, v_state)
-            k_state.advance()
-            self._scores(acc_S, kv, False, windows, col_coords, softmax, row_scale)
-        warpgroup.wait_group(0)
-        if work.num_kv_tiles > 1:
-            pipe_v.consumer_release(v_state)
-            v_state.advance()
-        rescale_rows(acc_O, row_scale)
-        tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-        self._pv(acc_O, tOrP, tOrVt, pipe_v, v_state)
+            k_state, v_state = self._rotated_step(
+                wg, work.full_tile, f, False, num_partial + f > 1, *step, k_state, v_state
+            )
+        self._rotated_finish(work.num_kv_tiles > 1, row_scale, acc_S, acc_O, tOrP, tOrVt, pipe_v, v_state)
         return work.num_full_tiles
 
     @cute.jit

@@ -5,7 +5,8 @@ plain ints over every (dilation group, Q tile), and the union of the (query, key
 through -- per visited KV tile, filtered by the same per-row windows the kernel's element mask
 uses -- must equal the brute-force mask exactly; a tile it calls *full* must need no mask at all.
 The tiles are visited as the sm90 kernel does: the partial ones (masked loop), then the full ones
-(unmasked loop), each exactly once, and the producer's ``tile_at`` order must be that same order.
+(unmasked loop), each exactly once, and the producers' order (the box walk of ``kv_boxes`` /
+``box_step``) must be that same order.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ def _is_full(geom: TileGeometry, work: QTileWork, kv) -> bool:
     )
 
 
+def _walk_boxes(work: QTileWork) -> list:
+    """The producers' order: every box of ``kv_boxes`` walked with ``box_step`` from its origin."""
+    out = []
+    for origin, extent in work.kv_boxes():
+        idx = list(origin)
+        for _ in range(int(np.prod(extent))):
+            out.append(idx)
+            idx = work.box_step(idx, origin, extent)
+    return out
+
+
 def _covered_pairs(shape, ks, st, dl, ca, q_tile, kv_tile) -> tuple[np.ndarray, int]:
     rank = len(shape)
     geom = TileGeometry(tuple(q_tile), tuple(kv_tile), tuple(ks), tuple(st), tuple(dl), tuple(ca))
@@ -41,7 +53,7 @@ def _covered_pairs(shape, ks, st, dl, ca, q_tile, kv_tile) -> tuple[np.ndarray, 
         order += [(work.full_tile(j), True) for j in range(work.num_full_tiles)]
         box = sorted(itertools.product(*(range(lo, lo + e) for lo, e in zip(work.kv_lo, work.kv_extent))))
         assert sorted(tuple(kv) for kv, _ in order) == box, "each tile of the box exactly once"
-        assert [work.tile_at(t) for t in range(work.num_kv_tiles)] == [kv for kv, _ in order]
+        assert _walk_boxes(work) == [kv for kv, _ in order]
         assert all(_is_full(geom, work, kv) == full for kv, full in order)
         for kv, full in order:
             for qf in range(int(np.prod(q_tile))):
