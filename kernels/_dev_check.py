@@ -350,8 +350,14 @@ BENCH_ROWS = [  # most important first: a run cut short keeps these
     ("1d32K dense", 1, (32768,), 1, (32768,), (1,), None, None, "graph"),
 ]
 #: Rows timed for a few variants only (the 3D problem is large: ~50 ms a call).
-ROW_VARIANTS = {"3d w18x24x24 s1": ("serial", "hybrid"),
+ROW_VARIANTS = {"3d w18x24x24 s1": ("serial", "rotated+turns", "hybrid"),
                 "3d w18x24x24 s1 chosen": ("serial", "rotated+turns", "hybrid")}
+
+
+def bench_rows() -> list:
+    """The bench rows to time: all, or those named in ``GNA_P_ROWS`` (comma-separated)."""
+    names = os.environ.get("GNA_P_ROWS")
+    return [r for r in BENCH_ROWS if names is None or r[0] in names.split(",")]
 
 
 def bench_cfgs(rows=BENCH_ROWS):
@@ -378,10 +384,11 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    cfgs = bench_cfgs()
+    rows = bench_rows()
+    cfgs = bench_cfgs(rows)
     t0 = time.time()
     keys = [VariantKey.of(c, v) for v in variants for c in check_cfgs()]
-    keys += [VariantKey.of(c, v) for row, c in zip(BENCH_ROWS, cfgs) for v in ROW_VARIANTS.get(row[0], variants)
+    keys += [VariantKey.of(c, v) for row, c in zip(rows, cfgs) for v in ROW_VARIANTS.get(row[0], variants)
              if v in variants]
     failed = warm_variants(keys)
     print(f"warm: {time.time() - t0:.1f}s, {failed} failed", flush=True)
@@ -390,7 +397,7 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
     for v in variants:
         result["fails"][v] = gpu_main(v)
         save(result)
-    for (name, rank, spatial, H, ks, st, *_, timer), cfg in zip(BENCH_ROWS, cfgs):
+    for (name, rank, spatial, H, ks, st, *_, timer), cfg in zip(rows, cfgs):
         result["cfgs"][name] = [cfg.q_tile_shape, cfg.kv_tile_shape]
         q, k, v_ = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
         time_fn = _graph_ms if timer == "graph" else _time_ms
@@ -434,9 +441,10 @@ if __name__ == "__main__":
             print(f"compiled {name} in {dt:.1f}s")
     elif what == "warm":  # CPU: fill the variant cache for a later GPU sweep
         chosen = os.environ.get("GNA_P_VARIANTS", ",".join(SWEEP_VARIANTS)).split(",")
-        cfgs = bench_cfgs()
+        rows = bench_rows()
+        cfgs = bench_cfgs(rows)
         keys = [VariantKey.of(c, v) for v in chosen for c in check_cfgs()]
-        keys += [VariantKey.of(c, v) for row, c in zip(BENCH_ROWS, cfgs) for v in ROW_VARIANTS.get(row[0], chosen)
+        keys += [VariantKey.of(c, v) for row, c in zip(rows, cfgs) for v in ROW_VARIANTS.get(row[0], chosen)
                  if v in chosen]
         sys.exit(warm_variants(keys, int(sys.argv[2]) if len(sys.argv) > 2 else None))
     elif what == "sweep":

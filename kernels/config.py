@@ -34,9 +34,9 @@ class FwdConfig:
     dilation: tuple[int, ...]
     is_causal: tuple[bool, ...]
     count_tiles: bool = False  # debug: write visited / full KV-tile counts per Q tile
-    # sm90 mainloop: "serial" (QK, softmax, PV in turn), "rotated" (QK(j) overlapped with PV(j-1),
-    # warpgroups taking turns) or "hybrid" (partial tiles serially, full tiles rotated); chosen per
-    # problem by ``tile_choice.choose_mainloop``.
+    # sm90 mainloop: "serial" (QK, softmax, PV in turn), "rotated" (QK(j) issued with PV(j-1),
+    # softmax(j) overlapping PV(j-1), warpgroups taking turns) or "hybrid" (partial tiles serially,
+    # full tiles rotated); chosen per problem by ``tile_choice.choose_mainloop``.
     mainloop: str = "serial"
 
     @property

@@ -392,31 +392,6 @@ class GNAFwdSm90:
         warpgroup.wait_group(0)
         pipe_v.consumer_release(v_state)
 
-    def _qk_with_pv(
-        self, wg: Int32, row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
-        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, k_state: Any,
-        v_state: Any,
-    ) -> None:
-        """Issue QK(j), rescale O by ``row_scale`` (of j-1), issue PV(j-1) (in this warpgroup's
-        turn), wait for QK(j) only, release K(j).
-
-        The O rescale (64 FMULs) sits behind the QK issue so that it runs while QK(j) is on the
-        tensor cores: placed before it, ptxas kept it there in some kernels (seen in the 1D SASS)
-        and QK(j) started 64 instructions later.  PV(j-1) stays in flight: the caller waits for it
-        after (or while) it runs the softmax of j.
-        """
-        pipe_k.consumer_wait(k_state)
-        if const_expr(self.turns):
-            cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
-        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, k_state.index], zero_init=True)
-        rescale_rows(acc_O, row_scale)
-        pipe_v.consumer_wait(v_state)
-        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
-        if const_expr(self.turns):
-            cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
-        warpgroup.wait_group(1)
-        pipe_k.consumer_release(k_state)
-
     @cute.jit
     def _open_turns(self, wg: Int32) -> None:
         """Warpgroup 0 issues first: it starts the turn-taking chain of named barriers."""
@@ -456,42 +431,54 @@ class GNAFwdSm90:
             kv_state.advance()
         return work.num_full_tiles
 
-    @cute.jit
-    def _rotated_step(
-        self, wg: Int32, tile_of: Any, j: Int32, masked: bool, release_v: Any, windows: RowWindows, col_coords: list,
-        softmax: OnlineSoftmax, row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor,
-        tSrQ: cute.Tensor, tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any,
-        pipe_v: Any, k_state: Any, v_state: Any,
-    ) -> tuple:
-        """One iteration of the rotated loop for KV tile ``tile_of(j)``; returns the advanced states.
-
-        Wait PV(j-2) and release its V stage (``release_v``: there was one); convert P(j-1); issue
-        QK(j), rescale O, issue PV(j-1); wait QK(j); mask (``masked``) and softmax(j).
-        """
-        warpgroup.wait_group(0)  # PV(j-2) has finished reading V and P, and O is final
-        if release_v:
-            pipe_v.consumer_release(v_state)
-            v_state.advance()
-        tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-        kv = tile_of(j)
-        self._qk_with_pv(wg, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v, k_state, v_state)
-        k_state.advance()
-        self._scores(acc_S, kv, masked, windows, col_coords, softmax, row_scale)
-        return k_state, v_state
-
-    @cute.jit
-    def _rotated_finish(
-        self, release_v: Any, row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor,
-        tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_v: Any, v_state: Any,
+    def _rotated_first(
+        self, kv: list, masked: bool, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
+        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, state: Any,
     ) -> None:
-        """After the rotated loop: wait the last PV in flight, then the last tile's PV."""
-        warpgroup.wait_group(0)
-        if release_v:
-            pipe_v.consumer_release(v_state)
-            v_state.advance()
+        """The first tile of a rotated loop: QK, softmax, P -> fp16; its PV is issued by the next
+        step (or by the caller after the loop), so ``state`` stays on this tile's stage."""
+        self._qk(acc_S, tSrQ, tSrK, pipe_k, state)
+        self._scores(acc_S, kv, masked, windows, col_coords, softmax, row_scale)
         rescale_rows(acc_O, row_scale)
         tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
-        self._pv(acc_O, tOrP, tOrVt, pipe_v, v_state)
+
+    @cute.jit
+    def _rotated_step(
+        self, wg: Int32, tile_of: Any, j: Int32, masked: bool, windows: RowWindows, col_coords: list,
+        softmax: OnlineSoftmax, row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor,
+        tSrQ: cute.Tensor, tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any,
+        pipe_v: Any, state: Any,
+    ) -> Any:
+        """KV tile ``tile_of(j)``: issue QK(j) and PV(j-1) in this warpgroup's turn, wait QK(j),
+        mask (``masked``) + softmax(j) while PV(j-1) runs, wait PV(j-1) and release its V, then
+        P(j) -> fp16 and the O rescale by j's row factors.
+
+        The conversion and the rescale sit at the end of the step, not before the next issue, so
+        the turn window (barrier wait .. arrive) holds only the two GEMM issues; the other
+        warpgroup waits on it (FA3/FA4's order; measured: 2D dense 80-81 ms vs 85-86 ms with
+        them at the top).  One pipeline state: V lags K by one stage (``state`` enters on tile
+        j-1's stage and leaves on tile j's).
+        """
+        v_state = state.clone()
+        state.advance()
+        kv = tile_of(j)
+        pipe_k.consumer_wait(state)
+        if const_expr(self.turns):
+            cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
+        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index], zero_init=True)
+        pipe_v.consumer_wait(v_state)
+        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
+        if const_expr(self.turns):
+            cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
+        warpgroup.wait_group(1)
+        pipe_k.consumer_release(state)
+        self._scores(acc_S, kv, masked, windows, col_coords, softmax, row_scale)
+        warpgroup.wait_group(0)
+        pipe_v.consumer_release(v_state)
+        tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
+        rescale_rows(acc_O, row_scale)
+        return state
 
     @cute.jit
     def _mainloop_hybrid(
@@ -499,22 +486,19 @@ class GNAFwdSm90:
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
         tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any,
     ) -> Int32:
-        """The partial tiles serially (their mask would sit between the rotated loop's waits), then
-        the full tiles in the rotated loop (see ``_mainloop_rotated``)."""
-        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        """The partial tiles serially, then the full tiles in the rotated loop (see
+        ``_mainloop_rotated``)."""
+        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
         for j in cutlass.range(work.num_partial_tiles, unroll=1):
-            self._serial_step(work.partial_tile(j), True, *step, kv_state)
-            kv_state.advance()
+            self._serial_step(work.partial_tile(j), True, *step, state)
+            state.advance()
         if work.num_full_tiles > 0:
-            v_state = kv_state.clone()
             self._open_turns(wg)
-            self._qk(acc_S, tSrQ, tSrK, pipe_k, kv_state)
-            kv_state.advance()
-            self._scores(acc_S, work.full_tile(0), False, windows, col_coords, softmax, row_scale)
+            self._rotated_first(work.full_tile(0), False, *step, state)
             for f in cutlass.range(1, work.num_full_tiles, unroll=1):
-                kv_state, v_state = self._rotated_step(wg, work.full_tile, f, False, f > 1, *step, kv_state, v_state)
-            self._rotated_finish(work.num_full_tiles > 1, row_scale, acc_S, acc_O, tOrP, tOrVt, pipe_v, v_state)
+                state = self._rotated_step(wg, work.full_tile, f, False, *step, state)
+            self._pv(acc_O, tOrP, tOrVt, pipe_v, state)
         return work.num_full_tiles
 
     @cute.jit
@@ -523,37 +507,28 @@ class GNAFwdSm90:
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
         tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any,
     ) -> Int32:
-        """QK of tile j runs on the tensor cores while PV of tile j-1 is issued behind it, and the
-        softmax of tile j overlaps PV(j-1); the two warpgroups take turns issuing (named barriers),
-        so one's GEMMs run while the other does its softmax.
+        """Software-pipelined by one tile: QK(j) and PV(j-1) are issued together, the softmax of
+        tile j overlaps PV(j-1), and the two warpgroups take turns issuing (named barriers), so
+        one's GEMMs run while the other does its softmax.
 
-        Rotated so that the wait for PV(j-1) opens the next iteration: with the wait after the
-        softmax, ptxas schedules ``wgmma.wait_group 0`` (a DEPBAR with no operands) to the top of
-        the softmax block, so the exps wait for PV(j-1) and nothing overlaps; the back edge keeps
-        it below the exps (``_rotated_step``).  Tile 0 (QK and softmax only) is peeled; the
-        partial tiles after it run in the masked loop, then the full tiles in the unmasked one.
+        Tile 0 (QK and softmax only) is peeled; the partial tiles after it run in the masked loop,
+        then the full tiles in the unmasked one; the last tile's PV follows the loops.
         Returns the number of unmasked iterations (the debug counters' "full" count).
         """
-        k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
-        v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
         self._open_turns(wg)
         num_partial = work.num_partial_tiles
-        self._qk(acc_S, tSrQ, tSrK, pipe_k, k_state)
-        k_state.advance()
         if num_partial > 0:
-            self._scores(acc_S, work.partial_tile(0), True, windows, col_coords, softmax, row_scale)
+            self._rotated_first(work.partial_tile(0), True, *step, state)
         else:
-            self._scores(acc_S, work.full_tile(0), False, windows, col_coords, softmax, row_scale)
+            self._rotated_first(work.full_tile(0), False, *step, state)
         for j in cutlass.range(1, num_partial, unroll=1):
-            k_state, v_state = self._rotated_step(wg, work.partial_tile, j, True, j > 1, *step, k_state, v_state)
+            state = self._rotated_step(wg, work.partial_tile, j, True, *step, state)
         # The full tiles; the first one was peeled above when there is no partial tile.
-        first_full = 1 - cutlass.min(num_partial, 1)
-        for f in cutlass.range(first_full, work.num_full_tiles, unroll=1):
-            k_state, v_state = self._rotated_step(
-                wg, work.full_tile, f, False, num_partial + f > 1, *step, k_state, v_state
-            )
-        self._rotated_finish(work.num_kv_tiles > 1, row_scale, acc_S, acc_O, tOrP, tOrVt, pipe_v, v_state)
+        for f in cutlass.range(1 - cutlass.min(num_partial, 1), work.num_full_tiles, unroll=1):
+            state = self._rotated_step(wg, work.full_tile, f, False, *step, state)
+        self._pv(acc_O, tOrP, tOrVt, pipe_v, state)
         return work.num_full_tiles
 
     @cute.jit

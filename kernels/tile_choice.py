@@ -131,23 +131,16 @@ def choose_tile_shapes(arch: int, params: GNAParams, head_dim: int,
     return best.q_tile_shape, best.kv_tile_shape
 
 
-#: Above this fraction of masked tile pairs the rotated sm90 mainloop runs the masked tiles too;
-#: below it the hybrid one (masked tiles serially, full tiles rotated).
-ROTATED_MIN_MASKED = 0.6
-
-
 @lru_cache(maxsize=1024)
 def choose_mainloop(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
                     kv_tile_shape: tuple[int, ...]) -> str:
     """The sm90 mainloop for this problem and tiling (``FwdConfig.mainloop``).
 
-    Measured on the H100 (docs/sm90-kernel.md, partial-first loops): with KV tiles of 128 tokens
-    the hybrid loop is fastest or tied where at most half the visited pairs are masked (1D s=1
-    11 %, 2D s=1 43-50 %, block-sparse and dense 0 %), the rotated loop where most are (3D s=1 with
-    8x4x4/4x8x4 tiles, 68 %: 4 % ahead); with KV tiles of 64 tokens the serial loop.
+    Measured on the H100 (docs/sm90-kernel.md, "Mainloop order"): with KV tiles of 128 tokens the
+    rotated loop is fastest or within the run-to-run spread on every bench row (dense, block-sparse,
+    1D, 2D and 3D s=1; 11-68 % of the visited pairs masked); with KV tiles of 64 tokens the serial
+    loop.  The hybrid loop (masked tiles serially) is kept for the sweeps, not chosen.
     """
     if arch != 90 or prod(kv_tile_shape) != 128:
         return "serial"
-    cost = tile_cost(params, q_tile_shape, kv_tile_shape)
-    masked = cost.partial / max(1, cost.full + cost.partial)
-    return "rotated" if masked > ROTATED_MIN_MASKED else "hybrid"
+    return "rotated"
