@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -61,7 +62,9 @@ def collect_env() -> dict:
         "cutlass_dsl": _version("nvidia-cutlass-dsl"),
         "flash_attn_4": _version("flash-attn-4"),
         "gna_cute": _version("gna_cute"),
-        "git_commit": _run(["git", "rev-parse", "--short", "HEAD"], cwd=str(Path(__file__).parent)),
+        # GNA_CUTE_GIT_COMMIT: the commit a copy without (current) git history was made from
+        "git_commit": os.environ.get("GNA_CUTE_GIT_COMMIT")
+        or _run(["git", "rev-parse", "--short", "HEAD"], cwd=str(Path(__file__).parent)),
         "source_fingerprint": source_fingerprint(),
         "python": platform.python_version(),
     }
