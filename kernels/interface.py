@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable
 
 import numpy as np
@@ -54,10 +55,22 @@ def _kernel_class(arch: int) -> type:
 
 
 def _device_reason(arch: int, device: torch.device | None) -> str | None:
+    """Why ``device`` (None: the current one) cannot run the ``arch`` kernel, or None."""
+    index = None if device is None else device.index
+    if index is None:
+        if not torch.cuda.is_available():
+            return f"{_ARCH_NAME[arch]} needs a CUDA GPU; torch sees none"
+        index = torch.cuda.current_device()
+    return _device_index_reason(arch, index)
+
+
+@lru_cache(maxsize=None)
+def _device_index_reason(arch: int, index: int) -> str | None:
+    """``_device_reason`` for ``cuda:<index>``, memoized: a GPU's capability and name, and whether
+    the kernel module imports, do not change within a process (and cost a few us per call to ask)."""
     name = _ARCH_NAME[arch]
     if not torch.cuda.is_available():
         return f"{name} needs a CUDA GPU; torch sees none"
-    index = torch.cuda.current_device() if device is None or device.index is None else device.index
     major, minor = torch.cuda.get_device_capability(index)
     if major != _CC_MAJOR[arch]:
         gpu = torch.cuda.get_device_name(index)

@@ -163,3 +163,33 @@ def test_key_digest_is_stable_and_distinct() -> None:
     cfg = interface.make_config(_args(), 90)
     assert compile_cache.key_digest(cfg) == compile_cache.key_digest(dataclasses.replace(cfg))
     assert compile_cache.key_digest(cfg) != compile_cache.key_digest(dataclasses.replace(cfg, count_tiles=True))
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """cuda:0 an SM 9.0 GPU, cuda:1 an SM 8.0 one (current: cuda:1); counts capability queries."""
+    caps = {0: (9, 0), 1: (8, 0)}
+    asked = []
+
+    def capability(index):
+        asked.append(index)
+        return caps[index]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"fake GPU {index}")
+    monkeypatch.setattr(interface, "_kernel_class", lambda arch: object)
+    interface._device_index_reason.cache_clear()
+    yield asked
+    interface._device_index_reason.cache_clear()  # no fake answers left for later tests
+
+
+def test_device_check_is_memoized_per_device_index(fake_gpus) -> None:
+    for _ in range(3):
+        assert interface._device_reason(90, torch.device("cuda", 0)) is None
+        reason = interface._device_reason(90, torch.device("cuda", 1))
+        assert reason == "sm90 needs an SM 9.x GPU; cuda:1 (fake GPU 1) is SM 8.0"
+    assert sorted(fake_gpus) == [0, 1]  # asked once per device, not per call
+    assert interface.available_sm90() == reason  # no device: the current one, cuda:1
+    assert interface._device_reason(100, torch.device("cuda", 0)).startswith("sm100 needs an SM 10.x GPU; cuda:0")
