@@ -2,10 +2,11 @@
 
 The backend chain (``gna_cute.backends``) calls, per architecture (``sm90`` Hopper, ``sm100``
 Blackwell): ``available_*()`` (device-level reason or None), ``can_run_*(args)`` (reason or None),
+``plan_*(args)`` (the reason, or a :class:`Plan` whose ``run()`` launches without checking again),
 ``forward_*(args) -> (out, lse)`` and the debug ``tile_counts_*(args)``.  Importing this module
 needs neither a GPU nor the CuTe DSL; both are touched only when a kernel is asked for.
 
-Flow of a call: check -> :class:`FwdConfig` (the static part of the problem, also the compile-cache
+Flow of a call: check (:class:`Plan`: tiles chosen) -> :class:`FwdConfig` (the static part of the problem, also the compile-cache
 key) -> compiled kernel from :mod:`compile_cache` -> launch on torch's current stream with
 zero-copy views of the user's heads-last tensors (:mod:`cute_tensors`).  A dim whose dilation
 does not divide its size runs one launch per dilation group on strided views
@@ -104,8 +105,28 @@ def _tile_shapes(args: Any, arch: int) -> tuple[tuple[int, ...], tuple[int, ...]
     return pair
 
 
-def problem_reason(args: Any, arch: int) -> str | None:
-    """Why the ``arch`` kernel cannot run ``args``, looking at the problem only (not the device).
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A problem the ``arch`` kernel can run, with the tile shapes its check chose.
+
+    Why: the check (:func:`plan`) and the launch (:meth:`run`) of one call share it, so the call
+    is checked, and its tiles chosen, once -- not again when it launches.
+    """
+
+    args: Any
+    arch: int
+    q_tile_shape: tuple[int, ...]
+    kv_tile_shape: tuple[int, ...]
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Launch: ``(out, lse)`` as :func:`forward` returns them; asynchronous."""
+        out, lse, _ = _launch(self, count_tiles=False)
+        return out, lse
+
+
+def problem_plan(args: Any, arch: int) -> Plan | str:
+    """The plan of ``args`` on ``arch``, or why the kernel cannot run it, looking at the problem
+    only (not the device).
 
     Assumes ``args`` already passed the public argument validation (shapes, ranks, GNAParams).
     """
@@ -131,14 +152,36 @@ def problem_reason(args: Any, arch: int) -> str | None:
     tiles = _tile_shapes(args, arch)
     if isinstance(tiles, str):
         return tiles
-    return None
+    return Plan(args, arch, tuple(tiles[0]), tuple(tiles[1]))
+
+
+def problem_reason(args: Any, arch: int) -> str | None:
+    """Why the ``arch`` kernel cannot run ``args``, looking at the problem only (not the device)."""
+    return _reason(problem_plan(args, arch))
+
+
+def plan(args: Any, arch: int) -> Plan | str:
+    """The plan that launches ``args`` on ``arch``, or the reason the kernel cannot run them."""
+    if not args.q.is_cuda:
+        return f"{_ARCH_NAME[arch]} runs on CUDA tensors; q is on {args.q.device}"
+    return _device_reason(arch, args.q.device) or problem_plan(args, arch)
 
 
 def can_run(args: Any, arch: int) -> str | None:
     """None when the ``arch`` kernel can run ``args``, else the reason it cannot."""
-    if not args.q.is_cuda:
-        return f"{_ARCH_NAME[arch]} runs on CUDA tensors; q is on {args.q.device}"
-    return _device_reason(arch, args.q.device) or problem_reason(args, arch)
+    return _reason(plan(args, arch))
+
+
+def _reason(checked: Plan | str) -> str | None:
+    return checked if isinstance(checked, str) else None
+
+
+def _checked_plan(args: Any, arch: int) -> Plan:
+    """:func:`plan`, raising ValueError with the reason when the kernel cannot run ``args``."""
+    checked = plan(args, arch)
+    if isinstance(checked, str):
+        raise ValueError(checked)
+    return checked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,20 +198,27 @@ def make_config(args: Any, arch: int, count_tiles: bool = False) -> FwdConfig:
     tiles = _tile_shapes(args, arch)
     if isinstance(tiles, str):
         raise ValueError(tiles)
+    return _config(args, arch, tuple(tiles[0]), tuple(tiles[1]), count_tiles)
+
+
+def _config(
+    args: Any, arch: int, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...], count_tiles: bool
+) -> FwdConfig:
+    """:func:`make_config` with the tile shapes already chosen."""
     p = args.params
     return FwdConfig(
         arch=arch,
         dtype=cute_tensors.dtype_name(args.q.dtype),
         head_dim=args.q.shape[-1],
         head_dim_v=args.v.shape[-1],
-        q_tile_shape=tuple(tiles[0]),
-        kv_tile_shape=tuple(tiles[1]),
+        q_tile_shape=q_tile_shape,
+        kv_tile_shape=kv_tile_shape,
         kernel_size=p.kernel_size,
         stride=p.stride,
         dilation=dilation_split.kernel_dilation(p),
         is_causal=p.is_causal,
         count_tiles=count_tiles,
-        mainloop=tile_choice.choose_mainloop(arch, p, tuple(tiles[0]), tuple(tiles[1])),
+        mainloop=tile_choice.choose_mainloop(arch, p, q_tile_shape, kv_tile_shape),
     )
 
 
@@ -247,11 +297,13 @@ def counts_shape(params: Any, q_tile_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (2, *params.dilation, *tiles)
 
 
-def _launch(args: Any, arch: int, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
-    """Run the kernel (one launch per dilation group of split dims); counts only if ``count_tiles``."""
-    if reason := can_run(args, arch):
-        raise ValueError(reason)
-    cfg = make_config(args, arch, count_tiles)  # tiles chosen once, for the whole problem
+def _launch(plan: Plan, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """Run the kernel (one launch per dilation group of split dims); counts only if ``count_tiles``.
+
+    ``plan`` comes from :func:`plan`, so the problem is known to be runnable here.
+    """
+    args = plan.args
+    cfg = _config(args, plan.arch, plan.q_tile_shape, plan.kv_tile_shape, count_tiles)  # tiles: one choice, whole problem
     kernel = compiled_kernel(cfg)
     q, v = args.q, args.v
     out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
@@ -293,8 +345,7 @@ def _call(kernel: Any, part: dilation_split.GroupPart, counts: torch.Tensor, sca
 
 def forward(args: Any, arch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [B, *spatial, H, D_v] in q's dtype, lse [B, *spatial, H] fp32)``; asynchronous."""
-    out, lse, _ = _launch(args, arch, count_tiles=False)
-    return out, lse
+    return _checked_plan(args, arch).run()
 
 
 def tile_counts(args: Any, arch: int) -> np.ndarray:
@@ -304,7 +355,7 @@ def tile_counts(args: Any, arch: int) -> np.ndarray:
     returns; a problem run group by group has its launches' counts assembled into it.  Runs the
     kernel compiled with ``count_tiles=True`` and synchronizes.
     """
-    _, _, counts = _launch(args, arch, count_tiles=True)
+    _, _, counts = _launch(_checked_plan(args, arch), count_tiles=True)
     return counts
 
 
@@ -319,6 +370,10 @@ def available_sm90() -> str | None:
 
 def can_run_sm90(args: Any) -> str | None:
     return can_run(args, 90)
+
+
+def plan_sm90(args: Any) -> Plan | str:
+    return plan(args, 90)
 
 
 def forward_sm90(args: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,6 +394,10 @@ def available_sm100() -> str | None:
 
 def can_run_sm100(args: Any) -> str | None:
     return can_run(args, 100)
+
+
+def plan_sm100(args: Any) -> Plan | str:
+    return plan(args, 100)
 
 
 def forward_sm100(args: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,11 +6,13 @@ part of ``can_run``) on CPU tensors; the cache is driven by a stub builder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
 import torch
 
+from gna_cute import backends
 from gna_cute.backends import AttentionArgs
 from gna_cute.kernels import compile_cache, interface
 from gna_cute.kernels.config import FwdConfig
@@ -193,3 +195,30 @@ def test_device_check_is_memoized_per_device_index(fake_gpus) -> None:
     assert sorted(fake_gpus) == [0, 1]  # asked once per device, not per call
     assert interface.available_sm90() == reason  # no device: the current one, cuda:1
     assert interface._device_reason(100, torch.device("cuda", 0)).startswith("sm100 needs an SM 10.x GPU; cuda:0")
+
+
+def test_a_call_is_checked_once(monkeypatch) -> None:
+    """Dispatch checks the problem (and picks its tiles) once; the launch reuses that plan."""
+    calls = {"problem_plan": 0, "_tile_shapes": 0, "layout_problem": 0}
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*a, **kw):
+            calls[name] += 1
+            return real(*a, **kw)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(interface, "problem_plan")
+    counted(interface, "_tile_shapes")
+    counted(interface.cute_tensors, "layout_problem")
+    launched = []
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # CPU tensors pass as CUDA ones
+    monkeypatch.setattr(interface, "_device_reason", lambda arch, device: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(interface.cute_tensors, "use_tvm_ffi", lambda: True)
+    monkeypatch.setattr(interface, "compiled_kernel", lambda cfg: lambda *a: launched.append(cfg))
+    out, lse = backends.run(_args(), "sm90")
+    assert calls == {"problem_plan": 1, "_tile_shapes": 1, "layout_problem": 3}  # q, k, v
+    assert len(launched) == 1 and out.shape == (2, 16, 12, 4, 64) and lse.shape == (2, 16, 12, 4)
