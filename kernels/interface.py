@@ -310,9 +310,9 @@ def _launch(plan: Plan, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, 
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     scale_log2 = args.scale * math.log2(math.e)
     parts = dilation_split.split(args, out, lse)
-    unused = None if count_tiles else torch.empty((1,) * (2 * cfg.rank + 1), dtype=torch.int32, device=q.device)  # never read
     part_counts = []
     with torch.cuda.device(q.device):
+        unused = None if count_tiles else _unused_counts(q.device, cfg.rank)
         for part in parts:
             counts = unused
             if count_tiles:
@@ -326,6 +326,25 @@ def _launch(plan: Plan, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, 
     for part, counts in zip(parts, part_counts):  # .cpu() synchronizes: debug path only
         dilation_split.place_counts(total, part, counts.cpu().numpy().astype(np.int64))
     return out, lse, total
+
+
+_UNUSED_COUNTS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _unused_counts(device: torch.device, rank: int) -> torch.Tensor:
+    """The counts argument of a kernel compiled without ``count_tiles``, one per (device, rank).
+
+    Such a kernel never reads or writes it (``mCounts`` is touched only under
+    ``const_expr(cfg.count_tiles)`` in sm90_fwd/sm100_fwd), so sharing it saves an allocation per
+    call.  Not kept when first asked for inside a CUDA graph capture (it would live in its pool).
+    """
+    key = (device, rank)
+    counts = _UNUSED_COUNTS.get(key)
+    if counts is None:
+        counts = torch.empty((1,) * (2 * rank + 1), dtype=torch.int32, device=device)
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            counts = _UNUSED_COUNTS.setdefault(key, counts)
+    return counts
 
 
 def _call(kernel: Any, part: dilation_split.GroupPart, counts: torch.Tensor, scale_log2: float) -> None:

@@ -222,3 +222,11 @@ def test_a_call_is_checked_once(monkeypatch) -> None:
     out, lse = backends.run(_args(), "sm90")
     assert calls == {"problem_plan": 1, "_tile_shapes": 1, "layout_problem": 3}  # q, k, v
     assert len(launched) == 1 and out.shape == (2, 16, 12, 4, 64) and lse.shape == (2, 16, 12, 4)
+
+
+def test_unused_counts_tensor_is_shared_per_device_and_rank() -> None:
+    cpu = torch.device("cpu")
+    two = interface._unused_counts(cpu, 2)
+    assert two is interface._unused_counts(cpu, 2)
+    assert two.shape == (1,) * 5 and two.dtype == torch.int32  # (2, *dilation, *tiles) of rank 2
+    assert interface._unused_counts(cpu, 3).shape == (1,) * 7
