@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -69,12 +70,17 @@ class Backend:
         return reason if reason is not None else functools.partial(self.forward, args)
 
 
+_INTERFACE = "gna_cute.kernels.interface"
+
+
 def _kernel_function(arch: str, what: str):
     """``gna_cute.kernels.interface.<what>_<arch>``, or the reason it cannot be had."""
-    try:
-        interface = importlib.import_module("gna_cute.kernels.interface")
-    except ImportError as exc:
-        return None, f"gna_cute.kernels.interface cannot be imported: {exc}"
+    interface = sys.modules.get(_INTERFACE)  # once imported: no import machinery per call (~2 us)
+    if interface is None:
+        try:
+            interface = importlib.import_module(_INTERFACE)
+        except ImportError as exc:
+            return None, f"gna_cute.kernels.interface cannot be imported: {exc}"
     fn = getattr(interface, f"{what}_{arch}", None)
     if fn is None:
         return None, f"gna_cute.kernels.interface has no {what}_{arch}"
