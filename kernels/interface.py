@@ -83,20 +83,26 @@ def _device_index_reason(arch: int, index: int) -> str | None:
     return None
 
 
+@lru_cache(maxsize=None)
+def _supported_tile_shapes(arch: int, rank: int, head_dim: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """``config.supported_tile_shapes`` as tuples, built once per (arch, rank, head dim), not per call."""
+    return tuple((tuple(a), tuple(b)) for a, b in config.supported_tile_shapes(arch, rank, head_dim))
+
+
 def _tile_shapes(args: Any, arch: int) -> tuple[tuple[int, ...], tuple[int, ...]] | str:
     """The (q, kv) tile shapes to use, or the reason the requested ones are not supported."""
     rank = args.params.rank
     head_dim = args.q.shape[-1]
     q_tile, kv_tile = args.q_tile_shape, args.kv_tile_shape
     if q_tile is None and kv_tile is None:  # the simulator's cheapest supported tiling (cached)
-        if not config.supported_tile_shapes(arch, rank, head_dim):
+        if not _supported_tile_shapes(arch, rank, head_dim):
             return f"{_ARCH_NAME[arch]} has no tile shapes for rank {rank}, head dim {head_dim}"
         return tile_choice.choose_tile_shapes(arch, args.params, head_dim)
     if q_tile is None or kv_tile is None:
         return f"q_tile_shape={q_tile} and kv_tile_shape={kv_tile}: give both or neither"
     pair = (tuple(q_tile), tuple(kv_tile))
-    supported = config.supported_tile_shapes(arch, rank, head_dim)
-    if pair not in [(tuple(a), tuple(b)) for a, b in supported]:
+    supported = _supported_tile_shapes(arch, rank, head_dim)
+    if pair not in supported:
         listed = ", ".join(f"{a}/{b}" for a, b in supported)
         return (
             f"{_ARCH_NAME[arch]} does not support q_tile_shape={pair[0]}, kv_tile_shape={pair[1]} "
