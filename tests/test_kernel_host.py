@@ -230,3 +230,10 @@ def test_unused_counts_tensor_is_shared_per_device_and_rank() -> None:
     assert two is interface._unused_counts(cpu, 2)
     assert two.shape == (1,) * 5 and two.dtype == torch.int32  # (2, *dilation, *tiles) of rank 2
     assert interface._unused_counts(cpu, 3).shape == (1,) * 7
+
+
+def test_tensors_are_detached_for_the_kernel_only_when_they_require_grad() -> None:
+    plain, leaf = torch.zeros(2), torch.zeros(2, requires_grad=True)
+    assert interface._no_grad(plain) is plain
+    detached = interface._no_grad(leaf)
+    assert not detached.requires_grad and detached.data_ptr() == leaf.data_ptr()
