@@ -6,10 +6,10 @@ Blackwell): ``available_*()`` (device-level reason or None), ``can_run_*(args)``
 ``forward_*(args) -> (out, lse)`` and the debug ``tile_counts_*(args)``.  Importing this module
 needs neither a GPU nor the CuTe DSL; both are touched only when a kernel is asked for.
 
-Flow of a call: check (:class:`Plan`: tiles chosen) -> :class:`FwdConfig` (the static part of the problem, also the compile-cache
-key) -> compiled kernel from :mod:`compile_cache` -> launch on torch's current stream with
-zero-copy views of the user's heads-last tensors (:mod:`cute_tensors`).  A dim whose dilation
-does not divide its size runs one launch per dilation group on strided views
+Flow of a call: check (a :class:`Plan`: tiles chosen) -> :class:`FwdConfig` (the static part of
+the problem, also the compile-cache key) -> compiled kernel from :mod:`compile_cache` -> launch on
+torch's current stream with zero-copy views of the user's heads-last tensors (:mod:`cute_tensors`).
+A dim whose dilation does not divide its size runs one launch per dilation group on strided views
 (:mod:`dilation_split`); all launches of a call share one compiled kernel.
 """
 
@@ -326,7 +326,8 @@ def _launch(plan: Plan, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, 
     ``plan`` comes from :func:`plan`, so the problem is known to be runnable here.
     """
     args = plan.args
-    cfg = _config(args, plan.arch, plan.q_tile_shape, plan.kv_tile_shape, count_tiles)  # tiles: one choice, whole problem
+    # The tiles were chosen once, for the whole problem (every group's launch uses them).
+    cfg = _config(args, plan.arch, plan.q_tile_shape, plan.kv_tile_shape, count_tiles)
     kernel = compiled_kernel(cfg)
     q, v = args.q, args.v
     out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
