@@ -9,9 +9,11 @@ an import failure simply becomes the refusal reason.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -43,22 +45,42 @@ class AttentionArgs:
         return dataclasses.replace(self, additional_keys=None, additional_values=None)
 
 
+Launch = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class Backend:
-    """A named implementation: ``can_run``/``available`` return None or the reason they refuse."""
+    """A named implementation: ``can_run``/``available`` return None or the reason they refuse.
+
+    ``prepare`` (optional) checks like ``can_run`` but returns, instead of None, the launch of the
+    checked call: what the check worked out (e.g. tile shapes) is not worked out again to run it.
+    """
 
     name: str
     can_run: Callable[[AttentionArgs], str | None]
     forward: Callable[[AttentionArgs], tuple[torch.Tensor, torch.Tensor]]
     available: Callable[[], str | None]
+    prepare: Callable[[AttentionArgs], str | Launch] | None = None
+
+    def check(self, args: AttentionArgs) -> str | Launch:
+        """The reason this backend refuses ``args``, or the call that runs them."""
+        if self.prepare is not None:
+            return self.prepare(args)
+        reason = self.can_run(args)
+        return reason if reason is not None else functools.partial(self.forward, args)
+
+
+_INTERFACE = "gna_cute.kernels.interface"
 
 
 def _kernel_function(arch: str, what: str):
     """``gna_cute.kernels.interface.<what>_<arch>``, or the reason it cannot be had."""
-    try:
-        interface = importlib.import_module("gna_cute.kernels.interface")
-    except ImportError as exc:
-        return None, f"gna_cute.kernels.interface cannot be imported: {exc}"
+    interface = sys.modules.get(_INTERFACE)  # once imported: no import machinery per call (~2 us)
+    if interface is None:
+        try:
+            interface = importlib.import_module(_INTERFACE)
+        except ImportError as exc:
+            return None, f"gna_cute.kernels.interface cannot be imported: {exc}"
     fn = getattr(interface, f"{what}_{arch}", None)
     if fn is None:
         return None, f"gna_cute.kernels.interface has no {what}_{arch}"
@@ -80,7 +102,14 @@ def _kernel_backend(arch: str) -> Backend:
             raise RuntimeError(reason)
         return fn(args)
 
-    return Backend(arch, can_run, forward, available)
+    def prepare(args: AttentionArgs) -> str | Launch:
+        fn, reason = _kernel_function(arch, "plan")
+        if fn is None:
+            return reason
+        plan = fn(args)
+        return plan if isinstance(plan, str) else plan.run
+
+    return Backend(arch, can_run, forward, available, prepare)
 
 
 def _reference_forward(args: AttentionArgs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,24 +132,37 @@ def get_backend(name: str) -> Backend:
 
 @dataclass(frozen=True)
 class Choice:
-    """The backend picked for a call, and whether extra KV tokens are merged outside it."""
+    """The backend picked for a call, and whether extra KV tokens are merged outside it.
+
+    ``launch`` runs the backend on the call it was chosen for (``args``; without its extra KV
+    tokens when they are merged), as that backend's check prepared it.
+    """
 
     backend: Backend
     merge_extra: bool = False
+    launch: Launch | None = field(default=None, repr=False, compare=False)
+    args: AttentionArgs | None = field(default=None, repr=False, compare=False)
 
 
-def refusal(backend: Backend, args: AttentionArgs) -> tuple[str | None, bool]:
-    """``(reason or None, merge_extra)``: can ``backend`` run ``args``, directly or by merging?
+def _checked(backend: Backend, args: AttentionArgs) -> tuple[str | Launch, bool]:
+    """``(reason or launch, merge_extra)``: can ``backend`` run ``args``, directly or by merging?
 
     A kernel that refuses only because of extra KV tokens still runs: the dispatch layer merges a
     dense attention over those tokens by LSE.
     """
-    reason = backend.can_run(args)
-    if reason is None or not args.has_extra_kv:
-        return reason, False
-    if backend.can_run(args.without_extra_kv()) is None:
-        return None, True
-    return reason, False
+    checked = backend.check(args)
+    if not isinstance(checked, str) or not args.has_extra_kv:
+        return checked, False
+    without = backend.check(args.without_extra_kv())
+    if not isinstance(without, str):
+        return without, True
+    return checked, False
+
+
+def refusal(backend: Backend, args: AttentionArgs) -> tuple[str | None, bool]:
+    """``(reason or None, merge_extra)``: can ``backend`` run ``args``, directly or by merging?"""
+    checked, merge = _checked(backend, args)
+    return (checked if isinstance(checked, str) else None), merge
 
 
 _warned_fallback = False
@@ -131,14 +173,14 @@ def choose(args: AttentionArgs, name: str = "auto") -> Choice:
     global _warned_fallback
     if name != "auto":
         backend = get_backend(name)
-        reason, merge = refusal(backend, args)
-        if reason is not None:
-            raise ValueError(f"backend={name!r} cannot run this problem: {reason}")
-        return Choice(backend, merge)
+        checked, merge = _checked(backend, args)
+        if isinstance(checked, str):
+            raise ValueError(f"backend={name!r} cannot run this problem: {checked}")
+        return Choice(backend, merge, checked, args)
     reasons = []
     for backend in BACKENDS:
-        reason, merge = refusal(backend, args)
-        if reason is None:
+        checked, merge = _checked(backend, args)
+        if not isinstance(checked, str):
             if backend is REFERENCE and reasons and not _warned_fallback:
                 _warned_fallback = True
                 warnings.warn(
@@ -147,16 +189,21 @@ def choose(args: AttentionArgs, name: str = "auto") -> Choice:
                     + " (warned once)",
                     stacklevel=3,
                 )
-            return Choice(backend, merge)
-        reasons.append(f"{backend.name}: {reason}")
+            return Choice(backend, merge, checked, args)
+        reasons.append(f"{backend.name}: {checked}")
     raise AssertionError("the reference backend always runs")  # pragma: no cover
 
 
 def execute(choice: Choice, args: AttentionArgs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run an already chosen backend (merging extra KV tokens by LSE when it needs that)."""
+    """Run an already chosen backend (merging extra KV tokens by LSE when it needs that).
+
+    The choice's prepared launch is used only for the very ``args`` it was chosen for; any other
+    ``args`` go through the backend's ``forward`` (which checks them).
+    """
+    prepared = choice.launch is not None and choice.args is args
     if not choice.merge_extra:
-        return choice.backend.forward(args)
-    out, lse = choice.backend.forward(args.without_extra_kv())
+        return choice.launch() if prepared else choice.backend.forward(args)
+    out, lse = choice.launch() if prepared else choice.backend.forward(args.without_extra_kv())
     extra_out, extra_lse = dense_attention(args.q, args.additional_keys, args.additional_values, args.scale)
     return merge_by_lse(out, lse, extra_out, extra_lse)
 

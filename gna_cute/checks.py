@@ -56,31 +56,35 @@ def _describe(t: torch.Tensor) -> str:
 
 
 def _check_qkv(q: Any, k: Any, v: Any) -> None:
+    # Runs on every call: plain comparisons of shapes (torch.Size is a tuple), no generators.
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if q.dim() not in (4, 5, 6):
+    rank = q.dim()
+    if rank not in (4, 5, 6):
         raise ValueError(
-            f"q has rank {q.dim()} ({_describe(q)}); expected 4, 5 or 6: [B, *spatial, H, D] with 1-3 spatial dims"
+            f"q has rank {rank} ({_describe(q)}); expected 4, 5 or 6: [B, *spatial, H, D] with 1-3 spatial dims"
         )
     for name, t in (("k", k), ("v", v)):
-        if t.dim() != q.dim():
-            raise ValueError(f"{name} has rank {t.dim()} ({_describe(t)}), but q has rank {q.dim()} ({_describe(q)})")
+        if t.dim() != rank:
+            raise ValueError(f"{name} has rank {t.dim()} ({_describe(t)}), but q has rank {rank} ({_describe(q)})")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if any(n == 0 for n in t.shape):
+        if 0 in t.shape:
             raise ValueError(f"{name} is empty ({_describe(t)}); every dimension must be >= 1")
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"q.dtype={q.dtype} is not supported; use float16, bfloat16 or float32")
+    dtype, device = q.dtype, q.device
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q.dtype={dtype} is not supported; use float16, bfloat16 or float32")
     for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name}.dtype={t.dtype} differs from q.dtype={q.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name}.device={t.device} differs from q.device={q.device}")
+        if t.dtype != dtype:
+            raise TypeError(f"{name}.dtype={t.dtype} differs from q.dtype={dtype}")
+        if t.device != device:
+            raise ValueError(f"{name}.device={t.device} differs from q.device={device}")
+    outer = q.shape[:-2]
     for name, t in (("k", k), ("v", v)):
-        if tuple(t.shape[:-2]) != tuple(q.shape[:-2]):
+        if t.shape[:-2] != outer:
             raise ValueError(
                 f"{name} batch/spatial dims {tuple(t.shape[:-2])} ({_describe(t)}) differ from "
-                f"q's {tuple(q.shape[:-2])} ({_describe(q)})"
+                f"q's {tuple(outer)} ({_describe(q)})"
             )
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(f"k head dim {k.shape[-1]} differs from q head dim {q.shape[-1]} (k {_describe(k)}, q {_describe(q)})")

@@ -113,12 +113,13 @@ def layout_problem(name: str, t: torch.Tensor) -> str | None:
 
     The last dim must be contiguous, and the base address and every other stride 16-byte aligned.
     """
-    if t.stride(-1) != 1:
-        return f"{name} must have a contiguous last dim (stride {t.stride(-1)} != 1); pass {name}.contiguous()"
+    *outer, last = t.stride()  # one call into torch for all strides
+    if last != 1:
+        return f"{name} must have a contiguous last dim (stride {last} != 1); pass {name}.contiguous()"
     if t.data_ptr() % ALIGN_BYTES:
         return f"{name}'s data pointer is not {ALIGN_BYTES}-byte aligned"
     item = t.element_size()
-    for dim, stride in enumerate(t.stride()[:-1]):
+    for dim, stride in enumerate(outer):
         if (stride * item) % ALIGN_BYTES:
             return f"{name}.stride({dim})={stride} elements is not a multiple of {ALIGN_BYTES} bytes"
     return None

@@ -2,13 +2,14 @@
 
 The backend chain (``gna_cute.backends``) calls, per architecture (``sm90`` Hopper, ``sm100``
 Blackwell): ``available_*()`` (device-level reason or None), ``can_run_*(args)`` (reason or None),
+``plan_*(args)`` (the reason, or a :class:`Plan` whose ``run()`` launches without checking again),
 ``forward_*(args) -> (out, lse)`` and the debug ``tile_counts_*(args)``.  Importing this module
 needs neither a GPU nor the CuTe DSL; both are touched only when a kernel is asked for.
 
-Flow of a call: check -> :class:`FwdConfig` (the static part of the problem, also the compile-cache
-key) -> compiled kernel from :mod:`compile_cache` -> launch on torch's current stream with
-zero-copy views of the user's heads-last tensors (:mod:`cute_tensors`).  A dim whose dilation
-does not divide its size runs one launch per dilation group on strided views
+Flow of a call: check (a :class:`Plan`: tiles chosen) -> :class:`FwdConfig` (the static part of
+the problem, also the compile-cache key) -> compiled kernel from :mod:`compile_cache` -> launch on
+torch's current stream with zero-copy views of the user's heads-last tensors (:mod:`cute_tensors`).
+A dim whose dilation does not divide its size runs one launch per dilation group on strided views
 (:mod:`dilation_split`); all launches of a call share one compiled kernel.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable
 
 import numpy as np
@@ -54,10 +56,22 @@ def _kernel_class(arch: int) -> type:
 
 
 def _device_reason(arch: int, device: torch.device | None) -> str | None:
+    """Why ``device`` (None: the current one) cannot run the ``arch`` kernel, or None."""
+    index = None if device is None else device.index
+    if index is None:
+        if not torch.cuda.is_available():
+            return f"{_ARCH_NAME[arch]} needs a CUDA GPU; torch sees none"
+        index = torch.cuda.current_device()
+    return _device_index_reason(arch, index)
+
+
+@lru_cache(maxsize=None)
+def _device_index_reason(arch: int, index: int) -> str | None:
+    """``_device_reason`` for ``cuda:<index>``, memoized: a GPU's capability and name, and whether
+    the kernel module imports, do not change within a process (and cost a few us per call to ask)."""
     name = _ARCH_NAME[arch]
     if not torch.cuda.is_available():
         return f"{name} needs a CUDA GPU; torch sees none"
-    index = torch.cuda.current_device() if device is None or device.index is None else device.index
     major, minor = torch.cuda.get_device_capability(index)
     if major != _CC_MAJOR[arch]:
         gpu = torch.cuda.get_device_name(index)
@@ -69,20 +83,26 @@ def _device_reason(arch: int, device: torch.device | None) -> str | None:
     return None
 
 
+@lru_cache(maxsize=None)
+def _supported_tile_shapes(arch: int, rank: int, head_dim: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """``config.supported_tile_shapes`` as tuples, built once per (arch, rank, head dim), not per call."""
+    return tuple((tuple(a), tuple(b)) for a, b in config.supported_tile_shapes(arch, rank, head_dim))
+
+
 def _tile_shapes(args: Any, arch: int) -> tuple[tuple[int, ...], tuple[int, ...]] | str:
     """The (q, kv) tile shapes to use, or the reason the requested ones are not supported."""
     rank = args.params.rank
     head_dim = args.q.shape[-1]
     q_tile, kv_tile = args.q_tile_shape, args.kv_tile_shape
     if q_tile is None and kv_tile is None:  # the simulator's cheapest supported tiling (cached)
-        if not config.supported_tile_shapes(arch, rank, head_dim):
+        if not _supported_tile_shapes(arch, rank, head_dim):
             return f"{_ARCH_NAME[arch]} has no tile shapes for rank {rank}, head dim {head_dim}"
         return tile_choice.choose_tile_shapes(arch, args.params, head_dim)
     if q_tile is None or kv_tile is None:
         return f"q_tile_shape={q_tile} and kv_tile_shape={kv_tile}: give both or neither"
     pair = (tuple(q_tile), tuple(kv_tile))
-    supported = config.supported_tile_shapes(arch, rank, head_dim)
-    if pair not in [(tuple(a), tuple(b)) for a, b in supported]:
+    supported = _supported_tile_shapes(arch, rank, head_dim)
+    if pair not in supported:
         listed = ", ".join(f"{a}/{b}" for a, b in supported)
         return (
             f"{_ARCH_NAME[arch]} does not support q_tile_shape={pair[0]}, kv_tile_shape={pair[1]} "
@@ -91,8 +111,28 @@ def _tile_shapes(args: Any, arch: int) -> tuple[tuple[int, ...], tuple[int, ...]
     return pair
 
 
-def problem_reason(args: Any, arch: int) -> str | None:
-    """Why the ``arch`` kernel cannot run ``args``, looking at the problem only (not the device).
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A problem the ``arch`` kernel can run, with the tile shapes its check chose.
+
+    Why: the check (:func:`plan`) and the launch (:meth:`run`) of one call share it, so the call
+    is checked, and its tiles chosen, once -- not again when it launches.
+    """
+
+    args: Any
+    arch: int
+    q_tile_shape: tuple[int, ...]
+    kv_tile_shape: tuple[int, ...]
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Launch: ``(out, lse)`` as :func:`forward` returns them; asynchronous."""
+        out, lse, _ = _launch(self, count_tiles=False)
+        return out, lse
+
+
+def problem_plan(args: Any, arch: int) -> Plan | str:
+    """The plan of ``args`` on ``arch``, or why the kernel cannot run it, looking at the problem
+    only (not the device).
 
     Assumes ``args`` already passed the public argument validation (shapes, ranks, GNAParams).
     """
@@ -118,14 +158,36 @@ def problem_reason(args: Any, arch: int) -> str | None:
     tiles = _tile_shapes(args, arch)
     if isinstance(tiles, str):
         return tiles
-    return None
+    return Plan(args, arch, tuple(tiles[0]), tuple(tiles[1]))
+
+
+def problem_reason(args: Any, arch: int) -> str | None:
+    """Why the ``arch`` kernel cannot run ``args``, looking at the problem only (not the device)."""
+    return _reason(problem_plan(args, arch))
+
+
+def plan(args: Any, arch: int) -> Plan | str:
+    """The plan that launches ``args`` on ``arch``, or the reason the kernel cannot run them."""
+    if not args.q.is_cuda:
+        return f"{_ARCH_NAME[arch]} runs on CUDA tensors; q is on {args.q.device}"
+    return _device_reason(arch, args.q.device) or problem_plan(args, arch)
 
 
 def can_run(args: Any, arch: int) -> str | None:
     """None when the ``arch`` kernel can run ``args``, else the reason it cannot."""
-    if not args.q.is_cuda:
-        return f"{_ARCH_NAME[arch]} runs on CUDA tensors; q is on {args.q.device}"
-    return _device_reason(arch, args.q.device) or problem_reason(args, arch)
+    return _reason(plan(args, arch))
+
+
+def _reason(checked: Plan | str) -> str | None:
+    return checked if isinstance(checked, str) else None
+
+
+def _checked_plan(args: Any, arch: int) -> Plan:
+    """:func:`plan`, raising ValueError with the reason when the kernel cannot run ``args``."""
+    checked = plan(args, arch)
+    if isinstance(checked, str):
+        raise ValueError(checked)
+    return checked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,20 +204,44 @@ def make_config(args: Any, arch: int, count_tiles: bool = False) -> FwdConfig:
     tiles = _tile_shapes(args, arch)
     if isinstance(tiles, str):
         raise ValueError(tiles)
-    p = args.params
+    return _config(args, arch, tuple(tiles[0]), tuple(tiles[1]), count_tiles)
+
+
+def _config(
+    args: Any, arch: int, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...], count_tiles: bool
+) -> FwdConfig:
+    """:func:`make_config` with the tile shapes already chosen."""
+    q = args.q
+    return _config_of(
+        arch, q.dtype, q.shape[-1], args.v.shape[-1], q_tile_shape, kv_tile_shape, args.params, count_tiles
+    )
+
+
+@lru_cache(maxsize=1024)
+def _config_of(
+    arch: int,
+    dtype: torch.dtype,
+    head_dim: int,
+    head_dim_v: int,
+    q_tile_shape: tuple[int, ...],
+    kv_tile_shape: tuple[int, ...],
+    p: Any,
+    count_tiles: bool,
+) -> FwdConfig:
+    """The config of a problem, cached: a repeated problem costs a lookup, not ~6 us of building."""
     return FwdConfig(
         arch=arch,
-        dtype=cute_tensors.dtype_name(args.q.dtype),
-        head_dim=args.q.shape[-1],
-        head_dim_v=args.v.shape[-1],
-        q_tile_shape=tuple(tiles[0]),
-        kv_tile_shape=tuple(tiles[1]),
+        dtype=cute_tensors.dtype_name(dtype),
+        head_dim=head_dim,
+        head_dim_v=head_dim_v,
+        q_tile_shape=q_tile_shape,
+        kv_tile_shape=kv_tile_shape,
         kernel_size=p.kernel_size,
         stride=p.stride,
         dilation=dilation_split.kernel_dilation(p),
         is_causal=p.is_causal,
         count_tiles=count_tiles,
-        mainloop=tile_choice.choose_mainloop(arch, p, tuple(tiles[0]), tuple(tiles[1])),
+        mainloop=tile_choice.choose_mainloop(arch, p, q_tile_shape, kv_tile_shape),
     )
 
 
@@ -234,20 +320,23 @@ def counts_shape(params: Any, q_tile_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (2, *params.dilation, *tiles)
 
 
-def _launch(args: Any, arch: int, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
-    """Run the kernel (one launch per dilation group of split dims); counts only if ``count_tiles``."""
-    if reason := can_run(args, arch):
-        raise ValueError(reason)
-    cfg = make_config(args, arch, count_tiles)  # tiles chosen once, for the whole problem
+def _launch(plan: Plan, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """Run the kernel (one launch per dilation group of split dims); counts only if ``count_tiles``.
+
+    ``plan`` comes from :func:`plan`, so the problem is known to be runnable here.
+    """
+    args = plan.args
+    # The tiles were chosen once, for the whole problem (every group's launch uses them).
+    cfg = _config(args, plan.arch, plan.q_tile_shape, plan.kv_tile_shape, count_tiles)
     kernel = compiled_kernel(cfg)
     q, v = args.q, args.v
     out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     scale_log2 = args.scale * math.log2(math.e)
     parts = dilation_split.split(args, out, lse)
-    unused = None if count_tiles else torch.empty((1,) * (2 * cfg.rank + 1), dtype=torch.int32, device=q.device)  # never read
     part_counts = []
     with torch.cuda.device(q.device):
+        unused = None if count_tiles else _unused_counts(q.device, cfg.rank)
         for part in parts:
             counts = unused
             if count_tiles:
@@ -263,11 +352,30 @@ def _launch(args: Any, arch: int, count_tiles: bool) -> tuple[torch.Tensor, torc
     return out, lse, total
 
 
+_UNUSED_COUNTS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _unused_counts(device: torch.device, rank: int) -> torch.Tensor:
+    """The counts argument of a kernel compiled without ``count_tiles``, one per (device, rank).
+
+    Such a kernel never reads or writes it (``mCounts`` is touched only under
+    ``const_expr(cfg.count_tiles)`` in sm90_fwd/sm100_fwd), so sharing it saves an allocation per
+    call.  Not kept when first asked for inside a CUDA graph capture (it would live in its pool).
+    """
+    key = (device, rank)
+    counts = _UNUSED_COUNTS.get(key)
+    if counts is None:
+        counts = torch.empty((1,) * (2 * rank + 1), dtype=torch.int32, device=device)
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            counts = _UNUSED_COUNTS.setdefault(key, counts)
+    return counts
+
+
 def _call(kernel: Any, part: dilation_split.GroupPart, counts: torch.Tensor, scale_log2: float) -> None:
     """One launch on torch's current stream, writing through ``part``'s out/lse views."""
     q, k, v = part.args.q, part.args.k, part.args.v
     if cute_tensors.use_tvm_ffi():  # tensors as they are; the stream is torch's current one
-        kernel(q.detach(), k.detach(), v.detach(), part.out, part.lse, counts, scale_log2)
+        kernel(_no_grad(q), _no_grad(k), _no_grad(v), part.out, part.lse, counts, scale_log2)
         return
     import cutlass
 
@@ -278,10 +386,14 @@ def _call(kernel: Any, part: dilation_split.GroupPart, counts: torch.Tensor, sca
     )  # fmt: skip
 
 
+def _no_grad(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as DLPack can export it: detached only if it requires grad (a detach costs ~0.5 us)."""
+    return t.detach() if t.requires_grad else t
+
+
 def forward(args: Any, arch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [B, *spatial, H, D_v] in q's dtype, lse [B, *spatial, H] fp32)``; asynchronous."""
-    out, lse, _ = _launch(args, arch, count_tiles=False)
-    return out, lse
+    return _checked_plan(args, arch).run()
 
 
 def tile_counts(args: Any, arch: int) -> np.ndarray:
@@ -291,7 +403,7 @@ def tile_counts(args: Any, arch: int) -> np.ndarray:
     returns; a problem run group by group has its launches' counts assembled into it.  Runs the
     kernel compiled with ``count_tiles=True`` and synchronizes.
     """
-    _, _, counts = _launch(args, arch, count_tiles=True)
+    _, _, counts = _launch(_checked_plan(args, arch), count_tiles=True)
     return counts
 
 
@@ -306,6 +418,10 @@ def available_sm90() -> str | None:
 
 def can_run_sm90(args: Any) -> str | None:
     return can_run(args, 90)
+
+
+def plan_sm90(args: Any) -> Plan | str:
+    return plan(args, 90)
 
 
 def forward_sm90(args: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,6 +442,10 @@ def available_sm100() -> str | None:
 
 def can_run_sm100(args: Any) -> str | None:
     return can_run(args, 100)
+
+
+def plan_sm100(args: Any) -> Plan | str:
+    return plan(args, 100)
 
 
 def forward_sm100(args: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -200,3 +200,23 @@ def test_gradient_request_is_refused_not_silently_dropped():
     with torch.no_grad():  # no gradient asked for: the eager path, same numbers
         plain = gna_cute.attention(q, k, v, 3)
     torch.testing.assert_close(plain, out.detach())
+
+
+def test_choice_runs_its_prepared_launch_only_for_its_own_args(monkeypatch):
+    """The launch a check prepared serves the call it checked; other args go through forward."""
+    ran = []
+
+    def prepare(args: AttentionArgs):
+        return lambda: ran.append(("prepared", args)) or ("prepared", None)
+
+    def forward(args: AttentionArgs):
+        ran.append(("forward", args))
+        return "forward", None
+
+    kernel = Backend("kern", lambda a: None, forward, lambda: None, prepare)
+    monkeypatch.setattr(backends, "BACKENDS", (kernel, backends.REFERENCE))
+    args, other = _args(torch.Generator().manual_seed(8)), _args(torch.Generator().manual_seed(9))
+    choice = backends.choose(args)
+    assert backends.execute(choice, args) == ("prepared", None)
+    assert backends.execute(choice, other) == ("forward", None)
+    assert ran == [("prepared", args), ("forward", other)]

@@ -6,11 +6,13 @@ part of ``can_run``) on CPU tensors; the cache is driven by a stub builder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
 import torch
 
+from gna_cute import backends
 from gna_cute.backends import AttentionArgs
 from gna_cute.kernels import compile_cache, interface
 from gna_cute.kernels.config import FwdConfig
@@ -163,3 +165,75 @@ def test_key_digest_is_stable_and_distinct() -> None:
     cfg = interface.make_config(_args(), 90)
     assert compile_cache.key_digest(cfg) == compile_cache.key_digest(dataclasses.replace(cfg))
     assert compile_cache.key_digest(cfg) != compile_cache.key_digest(dataclasses.replace(cfg, count_tiles=True))
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """cuda:0 an SM 9.0 GPU, cuda:1 an SM 8.0 one (current: cuda:1); counts capability queries."""
+    caps = {0: (9, 0), 1: (8, 0)}
+    asked = []
+
+    def capability(index):
+        asked.append(index)
+        return caps[index]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"fake GPU {index}")
+    monkeypatch.setattr(interface, "_kernel_class", lambda arch: object)
+    interface._device_index_reason.cache_clear()
+    yield asked
+    interface._device_index_reason.cache_clear()  # no fake answers left for later tests
+
+
+def test_device_check_is_memoized_per_device_index(fake_gpus) -> None:
+    for _ in range(3):
+        assert interface._device_reason(90, torch.device("cuda", 0)) is None
+        reason = interface._device_reason(90, torch.device("cuda", 1))
+        assert reason == "sm90 needs an SM 9.x GPU; cuda:1 (fake GPU 1) is SM 8.0"
+    assert sorted(fake_gpus) == [0, 1]  # asked once per device, not per call
+    assert interface.available_sm90() == reason  # no device: the current one, cuda:1
+    assert interface._device_reason(100, torch.device("cuda", 0)).startswith("sm100 needs an SM 10.x GPU; cuda:0")
+
+
+def test_a_call_is_checked_once(monkeypatch) -> None:
+    """Dispatch checks the problem (and picks its tiles) once; the launch reuses that plan."""
+    calls = {"problem_plan": 0, "_tile_shapes": 0, "layout_problem": 0}
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*a, **kw):
+            calls[name] += 1
+            return real(*a, **kw)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(interface, "problem_plan")
+    counted(interface, "_tile_shapes")
+    counted(interface.cute_tensors, "layout_problem")
+    launched = []
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # CPU tensors pass as CUDA ones
+    monkeypatch.setattr(interface, "_device_reason", lambda arch, device: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(interface.cute_tensors, "use_tvm_ffi", lambda: True)
+    monkeypatch.setattr(interface, "compiled_kernel", lambda cfg: lambda *a: launched.append(cfg))
+    out, lse = backends.run(_args(), "sm90")
+    assert calls == {"problem_plan": 1, "_tile_shapes": 1, "layout_problem": 3}  # q, k, v
+    assert len(launched) == 1 and out.shape == (2, 16, 12, 4, 64) and lse.shape == (2, 16, 12, 4)
+
+
+def test_unused_counts_tensor_is_shared_per_device_and_rank() -> None:
+    cpu = torch.device("cpu")
+    two = interface._unused_counts(cpu, 2)
+    assert two is interface._unused_counts(cpu, 2)
+    assert two.shape == (1,) * 5 and two.dtype == torch.int32  # (2, *dilation, *tiles) of rank 2
+    assert interface._unused_counts(cpu, 3).shape == (1,) * 7
+
+
+def test_tensors_are_detached_for_the_kernel_only_when_they_require_grad() -> None:
+    plain, leaf = torch.zeros(2), torch.zeros(2, requires_grad=True)
+    assert interface._no_grad(plain) is plain
+    detached = interface._no_grad(leaf)
+    assert not detached.requires_grad and detached.data_ptr() == leaf.data_ptr()

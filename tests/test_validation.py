@@ -117,3 +117,25 @@ def test_explicit_kernel_backend_on_cpu_says_why():
 def test_na2d_rejects_wrong_rank():
     with pytest.raises(ValueError, match=r"na2d expects query of rank 5 .* got rank 4"):
         gna_cute.na2d(t(1, 8, 2, 16), t(1, 8, 2, 16), t(1, 8, 2, 16), 3)
+
+
+# Several faults at once: the first in the documented check order is the one reported.
+ORDER_CASES = [
+    (dict(q=t(0, 8, 6, 4, 16, dtype=torch.int32)), ValueError, r"q is empty"),  # before q's dtype
+    (dict(k=t(2, 8, 6, 2, 16, dtype=torch.float16)), TypeError, r"k\.dtype=torch\.float16"),  # before k's batch
+    (dict(k=t(2, 8, 6, 2, 32), v=t(1, 8, 6, 3, 8)), ValueError, r"k batch/spatial dims \(2, 8, 6\)"),
+    (dict(k=t(1, 8, 6, 2, 32), v=t(1, 8, 6, 3, 8)), ValueError, r"k head dim 32"),  # before v's heads
+    (dict(v=t(1, 8, 0, 2, 8), kernel_size=0), ValueError, r"v is empty"),  # tensors before kernel_size
+    (dict(kernel_size=0, scale="x", backend=None), ValueError, r"kernel_size=\(0, 0\) must be >= 2"),
+    (dict(scale="x", backend=None), TypeError, r"scale must be a float or None, got 'x'"),
+]
+
+
+@pytest.mark.parametrize("overrides,exc,pattern", ORDER_CASES, ids=[c[2][:40] for c in ORDER_CASES])
+def test_first_fault_in_check_order_is_reported_before_dispatch(overrides, exc, pattern, monkeypatch):
+    def no_dispatch(*args, **kwargs):
+        raise AssertionError("bad input reached the backend chain")
+
+    monkeypatch.setattr(gna_cute.api, "run", no_dispatch)
+    with pytest.raises(exc, match=pattern):
+        call(**overrides)
