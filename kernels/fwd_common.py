@@ -140,9 +140,16 @@ def tma_load_stage(
     cute.copy(atom, tXgX[None, coord], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
 
 
-def tma_store_tile(atom: cute.CopyAtom, sO: cute.Tensor, gO: cute.Tensor) -> None:
-    """Store the O tile from shared memory with one TMA copy and wait until smem may be reused."""
+def tma_store_tile(atom: cute.CopyAtom, sO: cute.Tensor, gO: cute.Tensor, wait: bool = True) -> None:
+    """Store the O tile from shared memory with one TMA copy and (``wait``) wait until smem may be
+    reused; without ``wait`` the caller calls :func:`tma_store_wait` before the CTA exits."""
     tOsO, tOgO = tma_tile_partition(atom, sO, gO)
     cute.copy(atom, tOsO, tOgO)
     cute.arch.cp_async_bulk_commit_group()
+    if wait:
+        tma_store_wait()
+
+
+def tma_store_wait() -> None:
+    """Wait until the committed TMA stores have read their shared memory."""
     cute.arch.cp_async_bulk_wait_group(0, read=True)

@@ -70,6 +70,16 @@ def _gemm(tiled_mma: cute.TiledMma, acc: cute.Tensor, a: cute.Tensor, b: cute.Te
     warpgroup.commit_group()
 
 
+def _spatial_slice(batch: Int32, head: Int32, rank: int) -> tuple:
+    """``(batch, None.., head)``: the spatial slice of a ``[B, *spatial, H]`` tensor."""
+    return (batch, *([None] * rank), head)
+
+
+def _spatial_coord(x: list) -> Any:
+    """A coordinate into :func:`_spatial_slice`'s slice: a tuple, or the scalar in rank 1."""
+    return tuple(x) if len(x) > 1 else x[0]
+
+
 class GNAFwdSm90:
     """The kernel for one static configuration (``FwdConfig`` is the compile-cache key)."""
 
@@ -537,7 +547,8 @@ class GNAFwdSm90:
         row_coords: list, col0: Int32, tidx: Int32, sO: cute.Tensor, tma_atom_O: cute.CopyAtom,
         tma_O: cute.Tensor, mLSE: cute.Tensor,
     ):
-        """O: registers -> smem (stmatrix) -> one TMA store of the Q box; LSE: predicated stores."""
+        """O: registers -> smem (stmatrix) -> one TMA store of the Q box; LSE: predicated stores,
+        issued while that store reads smem."""
         n = self.rank
         rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
         rO.store(acc_O.load().to(self.dtype))
@@ -551,9 +562,13 @@ class GNAFwdSm90:
         if warp_idx == 4:
             tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdimv)
             gO = cute.zipped_divide(tma_O, tiler_o)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
-            fwd_common.tma_store_tile(tma_atom_O, sO, gO)
+            fwd_common.tma_store_tile(tma_atom_O, sO, gO, wait=False)
 
+        # The LSE stores run while the O store reads smem: the storing warp used to wait for those
+        # reads first and only then store its rows' LSE (SASS).  The (batch, head) slice is taken
+        # once; it was recomputed with 64-bit math for each row's store.
         if col0 == 0:
+            gLSE = mLSE[_spatial_slice(batch, head, n)]
             for r in cutlass.range_constexpr(len(row_coords)):
                 q_in = split_tile_index(row_coords[r], self.cfg.q_tile_shape)
                 q = [work.q_tile_idx[i] * self.cfg.q_tile_shape[i] + q_in[i] for i in range(n)]
@@ -562,7 +577,10 @@ class GNAFwdSm90:
                     inside = inside & (q[i] < work.group_len[i])
                 if inside:
                     x = [q[i] * self.cfg.dilation[i] + work.group[i] for i in range(n)]
-                    mLSE[(batch, *x, head)] = lse[r]
+                    gLSE[_spatial_coord(x)] = lse[r]
+
+        if warp_idx == 4:
+            fwd_common.tma_store_wait()
 
 
 def log2_scale(scale: float) -> float:
