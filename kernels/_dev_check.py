@@ -76,7 +76,14 @@ VARIANTS = {
     "hybrid": dict(mainloop="hybrid"),
     "serial+3st": dict(mainloop="serial", alias_o=True),
     "rotated+turns+3st": dict(mainloop="rotated", alias_o=True),
+    # rotated+turns with Q-tile pairs in clusters sharing K/V loads where the problem allows it
+    # (the config's cluster_dim, set per problem in ``run_kernel``; the product's host layer does
+    # the same through ``tile_choice.choose_cluster_dim``).
+    "rotated+mc": dict(mainloop="rotated"),
+    "rotated+nomc": dict(mainloop="rotated"),
 }
+#: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
+PAIRED_VARIANTS = ("rotated+mc",)
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 
@@ -172,6 +179,14 @@ def warm_variants(keys, workers: int | None = None) -> int:
     return sum(e is not None for e in errors)
 
 
+def with_pairs(cfg: FwdConfig, spatial) -> FwdConfig:
+    """``cfg`` with the cluster dim the host layer would choose for this spatial shape (or -1)."""
+    from gna_cute.kernels.scheduler import TileGeometry, pairable_dims
+
+    dims = pairable_dims(TileGeometry.from_config(FwdConfig(**{**cfg.__dict__, "cluster_dim": -1})), spatial)
+    return FwdConfig(**{**cfg.__dict__, "cluster_dim": dims[-1] if dims else -1})
+
+
 def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial"):
     """Launch on torch tensors (minimal launcher; the product's is kernels/interface.py).
 
@@ -185,6 +200,8 @@ def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial"):
     from gna_cute.kernels.sm90_fwd import log2_scale
 
     r = cfg.rank
+    if variant in PAIRED_VARIANTS:
+        cfg = with_pairs(cfg, tuple(q.shape[1:1 + r]))
     o = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:-1], float("nan"), device=q.device, dtype=torch.float32)
     tiles = [math.ceil(math.ceil(q.shape[1 + i] / cfg.dilation[i]) / cfg.q_tile_shape[i]) for i in range(r)]
@@ -242,6 +259,10 @@ def gpu_cases():
     C.append(("2d 8x16 bf16", make_cfg(2, (9, 13), 1, 1, False, "bfloat16", 64, (8, 16), (8, 16)), 2, (33, 50), 2, 2))
     C.append(("3d 2x8x8", make_cfg(3, (3, 5, 7), (1, 2, 3), 1, (False, True, False)), 1, (9, 14, 20), 2, 2))
     C.append(("3d dil bf16", make_cfg(3, (2, 3, 4), 1, (2, 1, 2), False, "bfloat16", 128, (4, 4, 8), (2, 4, 16)), 1, (8, 10, 24), 2, 1))
+    # Pairable (rotated+mc runs them in clusters): blocked strides of two Q tiles, a dense dim.
+    C.append(("1d s256 pairs", make_cfg(1, 256, 256), 2, (1000,), 3, 1))
+    C.append(("2d s16 pairs", make_cfg(2, (20, 24), (16, 16)), 1, (48, 64), 2, 2))
+    C.append(("3d pairs dil", make_cfg(3, (5, 8, 8), (4, 8, 8), (2, 1, 1), False, "bfloat16", 64), 1, (16, 16, 16), 2, 1))
     return C
 
 
@@ -348,6 +369,7 @@ BENCH_ROWS = [  # most important first: a run cut short keeps these
     ("3d w18x24x24 s1", 3, (30, 48, 80), 24, (18, 24, 24), (1, 1, 1), None, None, "events"),
     ("3d w18x24x24 s1 chosen", 3, (30, 48, 80), 24, (18, 24, 24), (1, 1, 1), "choose", "choose", "events"),
     ("1d32K dense", 1, (32768,), 1, (32768,), (1,), None, None, "graph"),
+    ("1d32K w2048 s2048", 1, (32768,), 1, (2048,), (2048,), None, None, "graph"),
 ]
 #: Rows timed for a few variants only (the 3D problem is large: ~50 ms a call).
 ROW_VARIANTS = {"3d w18x24x24 s1": ("serial", "rotated+turns", "hybrid"),

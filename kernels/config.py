@@ -38,6 +38,10 @@ class FwdConfig:
     # softmax(j) overlapping PV(j-1), warpgroups taking turns) or "hybrid" (partial tiles serially,
     # full tiles rotated); chosen per problem by ``tile_choice.choose_mainloop``.
     mainloop: str = "serial"
+    # sm90: -1, or the dim along which Q tiles 2t and 2t+1 run as one cluster of two CTAs sharing
+    # every K/V load (TMA multicast); only where their KV schedules are identical
+    # (``scheduler.pairable_dims``, checked by the host layer for each problem).
+    cluster_dim: int = -1
 
     @property
     def rank(self) -> int:

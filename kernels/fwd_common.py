@@ -32,6 +32,8 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
         raise ValueError(f"cfg.dtype={cfg.dtype!r} must be one of {list(DTYPES)}")
     if cfg.head_dim != cfg.head_dim_v or cfg.head_dim not in HEAD_DIMS:
         raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in {HEAD_DIMS}")
+    if cfg.cluster_dim >= 0 and (arch != 90 or cfg.cluster_dim >= cfg.rank):
+        raise ValueError(f"cluster_dim={cfg.cluster_dim}: clusters of paired Q tiles are sm90 only, dim < rank")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,11 +44,12 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
 def make_tma_atoms(
     mQ: cute.Tensor, mK: cute.Tensor, mV: cute.Tensor, mO: cute.Tensor, rank: int, dilation: Sequence[int],
     q_tile_shape: Sequence[int], kv_tile_shape: Sequence[int], head_dim: int, head_dim_v: int,
-    sQ_layout: Any, sK_layout: Any, sV_layout: Any, sO_layout: Any,
+    sQ_layout: Any, sK_layout: Any, sV_layout: Any, sO_layout: Any, kv_multicast: bool = False,
 ) -> tuple:
     """``(atom_Q, tma_Q, atom_K, tma_K, atom_V, tma_V, atom_O, tma_O)``: loads of Q, K, V, store of O.
 
-    The K/V layouts may carry a stage mode; one box is their first two modes.
+    The K/V layouts may carry a stage mode; one box is their first two modes.  ``kv_multicast``:
+    K and V load whole boxes that one CTA of a cluster multicasts to all of them.
     """
     tiler_q = tile_views.tile_tiler(q_tile_shape, head_dim)
     tiler_k = tile_views.tile_tiler(kv_tile_shape, head_dim)
@@ -54,11 +57,12 @@ def make_tma_atoms(
     tiler_o = tile_views.tile_tiler(q_tile_shape, head_dim_v)
     load = cpasync.CopyBulkTensorTileG2SOp()
     atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load, tile_views.token_view(mQ, rank, dilation), sQ_layout, tiler_q)
+    load_kv = cpasync.CopyBulkTensorTileG2SMulticastOp() if kv_multicast else load
     atom_K, tma_K = cpasync.make_tiled_tma_atom(
-        load, tile_views.token_view(mK, rank, dilation), cute.select(sK_layout, mode=[0, 1]), tiler_k
+        load_kv, tile_views.token_view(mK, rank, dilation), cute.select(sK_layout, mode=[0, 1]), tiler_k
     )
     atom_V, tma_V = cpasync.make_tiled_tma_atom(
-        load, tile_views.token_view(mV, rank, dilation), cute.select(sV_layout, mode=[0, 1]), tiler_v
+        load_kv, tile_views.token_view(mV, rank, dilation), cute.select(sV_layout, mode=[0, 1]), tiler_v
     )
     atom_O, tma_O = cpasync.make_tiled_tma_atom(
         cpasync.CopyBulkTensorTileS2GOp(), tile_views.token_view(mO, rank, dilation), sO_layout, tiler_o
@@ -92,10 +96,12 @@ def block_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank:
 
 
 def make_pipeline(
-    cls: type, barriers: Any, producer: Any, consumer: Any, num_stages: int = 1, tx_count: int | None = None
+    cls: type, barriers: Any, producer: Any, consumer: Any, num_stages: int = 1, tx_count: int | None = None,
+    **extra: Any,
 ) -> Any:
     """One mbarrier pipeline of class ``cls`` (its barriers synced by the kernel's own barrier)."""
-    extra = {} if tx_count is None else {"tx_count": tx_count}
+    if tx_count is not None:
+        extra["tx_count"] = tx_count
     return cls.create(
         barrier_storage=barriers, num_stages=num_stages, producer_group=producer, consumer_group=consumer,
         defer_sync=True, **extra,
@@ -103,15 +109,23 @@ def make_pipeline(
 
 
 def qkv_pipelines(
-    cls: type, storage: Any, producer: Any, consumer: Any, num_stages: int, tx_q: int, tx_k: int, tx_v: int
+    cls: type, storage: Any, producer: Any, consumer: Any, num_stages: int, tx_q: int, tx_k: int, tx_v: int,
+    cluster: int = 1,
 ) -> tuple:
     """``(pipe_q, pipe_k, pipe_v)``: TMA loads of Q (one stage) and of K and V (``num_stages``).
 
-    ``storage`` holds the barriers as ``mbar_q``, ``mbar_k``, ``mbar_v``.
+    ``storage`` holds the barriers as ``mbar_q``, ``mbar_k``, ``mbar_v``.  ``cluster`` > 1: K and V
+    are shared by that many CTAs (a row of the cluster), so a stage is empty only once every CTA's
+    consumers released it: each consumer warp arrives on every CTA's empty barrier (``consumer``
+    counts one arrive per warp).
     """
     pipe_q = make_pipeline(cls, storage.mbar_q.data_ptr(), producer, consumer, 1, tx_q)
-    pipe_k = make_pipeline(cls, storage.mbar_k.data_ptr(), producer, consumer, num_stages, tx_k)
-    pipe_v = make_pipeline(cls, storage.mbar_v.data_ptr(), producer, consumer, num_stages, tx_v)
+    kv = {}
+    if cluster > 1:
+        kv = dict(cta_layout_vmnk=cute.make_layout((1, cluster, 1, 1)))
+        consumer = pipeline.CooperativeGroup(pipeline.Agent.Thread, consumer.size * cluster)
+    pipe_k = make_pipeline(cls, storage.mbar_k.data_ptr(), producer, consumer, num_stages, tx_k, **kv)
+    pipe_v = make_pipeline(cls, storage.mbar_v.data_ptr(), producer, consumer, num_stages, tx_v, **kv)
     return pipe_q, pipe_k, pipe_v
 
 
@@ -138,6 +152,22 @@ def tma_load_stage(
     """Acquire a pipeline stage and TMA-load the K or V tile at ``coord`` into it."""
     pipe.producer_acquire(state)
     cute.copy(atom, tXgX[None, coord], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
+
+
+@cute.jit
+def tma_load_stage_shared(
+    atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, coord: Any, state: Any,
+    issuer: Any, mcast_mask: int,
+) -> None:
+    """:func:`tma_load_stage` for a tile shared by a cluster: every CTA acquires the stage (and arms
+    its own full barrier with the tile's bytes); only ``issuer`` loads it, into every CTA of
+    ``mcast_mask``, whose barriers at the same offset count the bytes."""
+    pipe.producer_acquire(state)
+    if issuer:
+        cute.copy(
+            atom, tXgX[None, coord], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state),
+            mcast_mask=cutlass.Int16(mcast_mask),
+        )
 
 
 def tma_store_tile(atom: cute.CopyAtom, sO: cute.Tensor, gO: cute.Tensor, wait: bool = True) -> None:

@@ -40,6 +40,9 @@ class TileGeometry:
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
     is_causal: tuple[bool, ...]
+    # The dim along which work indices ``2w, 2w + 1`` are neighbouring Q tiles ``2t, 2t + 1`` (the
+    # two CTAs of a cluster that share their K/V loads); -1: the plain row-major order.
+    pair_dim: int = -1
 
     @classmethod
     def from_config(cls, cfg: Any) -> "TileGeometry":
@@ -51,6 +54,7 @@ class TileGeometry:
             tuple(cfg.stride),
             tuple(cfg.dilation),
             tuple(bool(c) for c in cfg.is_causal),
+            getattr(cfg, "cluster_dim", -1),
         )
 
     @property
@@ -76,11 +80,53 @@ class TileGeometry:
         return out
 
 
+def dim_schedule(geom: TileGeometry, dim: int, q_tile: Num, group_len: Num, mn: MinMax = min,
+                 mx: MinMax = max) -> tuple[Num, Num, Num, Num]:
+    """``(lo, extent, full_lo, full_extent)`` of Q tile ``q_tile`` in dim ``dim``: the visited KV
+    tiles, and the full ones clamped into them (empty: extent 0)."""
+    args = (geom.q_tile[dim], geom.kv_tile[dim], group_len, geom.kernel_size[dim], geom.stride[dim],
+            geom.is_causal[dim], mn, mx)
+    lo, hi = nb.kv_tile_range(q_tile, *args)
+    f_lo, f_hi = nb.kv_full_tile_range(q_tile, *args)
+    f_lo = mn(mx(f_lo, lo), hi)
+    return lo, hi - lo, f_lo, mx(mn(f_hi, hi), f_lo) - f_lo
+
+
+def pairable_dims(geom: TileGeometry, lengths: Sequence[int]) -> list[int]:
+    """The dims along which Q tiles ``2t`` and ``2t + 1`` visit the same KV tiles in the same order,
+    for every ``t`` and dilation group (Python ints; ``lengths`` are the spatial sizes).
+
+    Why: two CTAs with identical KV schedules can share every K/V load (one TMA multicast into
+    both CTAs' shared memory).  Both tiles must exist (an even tile count) and have the same
+    visited and full boxes per dim, which fixes the visiting order (``kv_boxes``).  Holds for
+    dense dims and for strides that are multiples of two Q tiles (blocked / block-sparse rows).
+    """
+    out = []
+    for d in range(geom.rank):
+        lens = {nb.group_length(lengths[d], geom.dilation[d], g) for g in range(geom.dilation[d])}
+        ok = True
+        for n in lens:
+            count = nb.num_tiles(n, geom.q_tile[d])
+            if count % 2 or nb.tiles_per_group(lengths[d], geom.dilation[d], geom.q_tile[d]) != count:
+                ok = False
+                break
+            for t in range(0, count, 2):
+                if dim_schedule(geom, d, t, n) != dim_schedule(geom, d, t + 1, n):
+                    ok = False
+                    break
+            if not ok:
+                break
+        if ok:
+            out.append(d)
+    return out
+
+
 class QTileWork(DslCarried):
     """One Q tile of one dilation group, decoded from a linear work index, with its KV tile box.
 
     The linear index enumerates ``(*dilation_group, *q_tile)`` row-major (last dim fastest), the
-    order of the counts array ``(2, *dilation, *tiles)`` minus its first mode.
+    order of the counts array ``(2, *dilation, *tiles)`` minus its first mode; with
+    ``geom.pair_dim`` its lowest bit picks the tile of a pair ``2t, 2t + 1`` along that dim.
     """
 
     def __init__(
@@ -96,10 +142,17 @@ class QTileWork(DslCarried):
         rank = geom.rank
         ntiles = geom.tiles_per_dim(lengths)
         rem = work_idx
+        pair = geom.pair_dim
+        if pair >= 0:  # the lowest bit picks the tile of the pair; the pairs run row-major
+            low = rem % 2
+            rem = rem // 2
+            ntiles[pair] = ntiles[pair] // 2
         tile: list[Num] = [0] * rank
         for i in reversed(range(rank)):
             tile[i] = rem % ntiles[i]
             rem = rem // ntiles[i]
+        if pair >= 0:
+            tile[pair] = 2 * tile[pair] + low
         group: list[Num] = [0] * rank
         for i in reversed(range(rank)):
             group[i] = rem % geom.dilation[i]
@@ -112,20 +165,11 @@ class QTileWork(DslCarried):
         self.full_lo: list[Num] = []
         self.full_extent: list[Num] = []
         for i in range(rank):
-            lo, hi = nb.kv_tile_range(
-                tile[i], geom.q_tile[i], geom.kv_tile[i], self.group_len[i],
-                geom.kernel_size[i], geom.stride[i], geom.is_causal[i], mn, mx,
-            )
+            lo, extent, f_lo, f_extent = dim_schedule(geom, i, tile[i], self.group_len[i], mn, mx)
             self.kv_lo.append(lo)
-            self.kv_extent.append(hi - lo)
-            # The full KV tiles of this dim, clamped into the visited range (empty: extent 0).
-            f_lo, f_hi = nb.kv_full_tile_range(
-                tile[i], geom.q_tile[i], geom.kv_tile[i], self.group_len[i],
-                geom.kernel_size[i], geom.stride[i], geom.is_causal[i], mn, mx,
-            )
-            f_lo = mn(mx(f_lo, lo), hi)
+            self.kv_extent.append(extent)
             self.full_lo.append(f_lo)
-            self.full_extent.append(mx(mn(f_hi, hi), f_lo) - f_lo)
+            self.full_extent.append(f_extent)
         self.num_kv_tiles = prod(self.kv_extent)
         self.num_full_tiles = prod(self.full_extent)
         self.num_partial_tiles = self.num_kv_tiles - self.num_full_tiles

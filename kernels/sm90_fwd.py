@@ -106,6 +106,9 @@ class GNAFwdSm90:
         self.overlap = self.mainloop != "serial"
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
         self.geom = TileGeometry.from_config(cfg)
+        # Clusters of two CTAs (Q tiles 2t, 2t+1 along cfg.cluster_dim) with identical KV schedules:
+        # CTA 0 loads every K tile, CTA 1 every V tile, each multicast into both.
+        self.cluster = 2 if cfg.cluster_dim >= 0 else 1
         self.rank = cfg.rank
         self.dtype = fwd_common.DTYPES[cfg.dtype]
         self.tile_m = cfg.q_tile_size
@@ -176,6 +179,7 @@ class GNAFwdSm90:
         tma = fwd_common.make_tma_atoms(
             mQ, mK, mV, mO, n, self.cfg.dilation, self.cfg.q_tile_shape, self.cfg.kv_tile_shape,
             self.hdim, self.hdimv, self.sQ_layout, self.sK_layout, self.sV_layout, self.sO_layout,
+            kv_multicast=self.cluster > 1,
         )
         self.tx_q = cute.size_in_bytes(self.dtype, self.sQ_layout)
         self.tx_k = cute.size_in_bytes(self.dtype, cute.select(self.sK_layout, mode=[0, 1]))
@@ -199,6 +203,7 @@ class GNAFwdSm90:
         self.kernel(*tma, mLSE, mCounts, mK.shape[n + 1], scale_log2).launch(
             grid=grid,
             block=[self.num_threads, 1, 1],
+            cluster=[self.cluster, 1, 1],
             smem=SharedStorage.size_in_bytes(),
             stream=stream,
             min_blocks_per_mp=1,
@@ -234,10 +239,15 @@ class GNAFwdSm90:
         producer = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_mma_wg * 4)
         pipe_q, pipe_k, pipe_v = fwd_common.qkv_pipelines(
-            pipeline.PipelineTmaAsync, storage, producer, consumers, self.num_stages, self.tx_q, self.tx_k, self.tx_v
+            pipeline.PipelineTmaAsync, storage, producer, consumers, self.num_stages, self.tx_q, self.tx_k,
+            self.tx_v, self.cluster,
         )
         cute.arch.mbarrier_init_fence()
-        cute.arch.barrier()
+        if const_expr(self.cluster > 1):  # the peer's barriers must be initialized before any arrive
+            cute.arch.cluster_arrive_relaxed()
+            cute.arch.cluster_wait()
+        else:
+            cute.arch.barrier()
 
         sQ = fwd_common.smem_tensor(storage.sQ, self.sQ_layout)
         sK = fwd_common.smem_tensor(storage.sK, self.sK_layout)
@@ -282,8 +292,9 @@ class GNAFwdSm90:
         tVsV, tVgV = fwd_common.tma_tile_partition(tma_atom_V, sV, cute.zipped_divide(tma_V, tiler_v))
         fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q)
 
-        load_k = (tma_atom_K, tKgK, tKsK, pipe_k, work.group, head_kv, batch)
-        load_v = (tma_atom_V, tVgV, tVsV, pipe_v, work.group, head_kv, batch)
+        # In a cluster, CTA 0 loads every K tile and CTA 1 every V tile, each into both CTAs.
+        load_k = (tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch)
+        load_v = (tma_atom_V, tVgV, tVsV, pipe_v, 1, work.group, head_kv, batch)
         if const_expr(not self.overlap):
             kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
             for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
@@ -312,14 +323,26 @@ class GNAFwdSm90:
                     has_prev = Int32(1)
                     cur = TileCursor(work.box_step(cur.idx, origin, extent))
             self._load_kv(*load_v, prev.idx, v_state)
+            v_state.advance()
+            kv_state = k_state
+        if const_expr(self.cluster > 1):
+            # Stay until every CTA's consumers released every stage: their arrives land on this
+            # CTA's empty barriers, which must outlive them.
+            pipe_k.producer_tail(kv_state.clone())
+            pipe_v.producer_tail(v_state if const_expr(self.overlap) else kv_state.clone())
 
     def _load_kv(
-        self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, group: list,
-        head_kv: Int32, batch: Int32, kv: list, state: Any,
+        self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, issuer_rank: int,
+        group: list, head_kv: Int32, batch: Int32, kv: list, state: Any,
     ) -> None:
-        """Acquire a stage and TMA-load K or V of KV tile ``kv`` (per-dim indices) into it."""
+        """Acquire a stage and TMA-load K or V of KV tile ``kv`` (per-dim indices) into it; in a
+        cluster only the CTA of rank ``issuer_rank`` loads, into every CTA of the cluster."""
         coord = self._tile_coord(kv, head_kv, group, batch)[1]
-        fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state)
+        if const_expr(self.cluster > 1):
+            issuer = cute.arch.block_idx_in_cluster() == issuer_rank
+            fwd_common.tma_load_stage_shared(atom, tXgX, tXsX, pipe, coord, state, issuer, (1 << self.cluster) - 1)
+        else:
+            fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state)
 
     @cute.jit
     def consume(

@@ -143,3 +143,24 @@ def choose_mainloop(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
     the sweeps; the sm100 kernel has one mainloop ("serial" is its config's placeholder).
     """
     return "rotated" if arch == 90 else "serial"
+
+
+@lru_cache(maxsize=1024)
+def choose_cluster_dim(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
+                       kv_tile_shape: tuple[int, ...]) -> int:
+    """``FwdConfig.cluster_dim``: the dim along which pairs of Q tiles share their K/V loads in a
+    cluster of two CTAs, or -1.
+
+    Only where the pairs' KV schedules are identical in every launch (``scheduler.pairable_dims``:
+    dense dims, strides that are multiples of two Q tiles); not for dims split into one launch per
+    dilation group (their launches have other lengths).  The last such dim is taken.
+    """
+    from gna_cute.kernels.dilation_split import kernel_dilation
+    from gna_cute.kernels.scheduler import TileGeometry, pairable_dims
+
+    if arch != 90 or kernel_dilation(params) != tuple(params.dilation):
+        return -1
+    geom = TileGeometry(tuple(q_tile_shape), tuple(kv_tile_shape), tuple(params.kernel_size),
+                        tuple(params.stride), tuple(params.dilation), tuple(params.is_causal))
+    dims = pairable_dims(geom, params.spatial_shape)
+    return dims[-1] if dims else -1

@@ -8,6 +8,9 @@ persistent compile cache).
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
 from compile_check import child_env, run_child, sass_text
@@ -28,6 +31,8 @@ CONFIGS = [
     _cfg("float16", 128, (64,), (1,), (1,), (True,)),
     _cfg("bfloat16", 64, (8, 9), (2, 3), (1, 2), (False, False)),
     _cfg("float16", 128, (3, 4, 5), (1, 2, 1), (1, 1, 2), (True, False, False)),
+    # Q-tile pairs in clusters of two CTAs (the 2D block-sparse row's config): K/V multicast.
+    dataclasses.replace(_cfg("float16", 128, (80, 80), (16, 16), (1, 1), (False, False)), cluster_dim=1),
 ]
 
 
@@ -39,7 +44,7 @@ def compiled(tmp_path_factory) -> tuple[dict, dict[str, str]]:
     return run_child(CONFIGS, child_env("sm_90a", cache, dump), dump), child_env("sm_90a", cache)
 
 
-@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"{c.rank}d" for c in CONFIGS])
+@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"{c.rank}d{'-pairs' * (c.cluster_dim >= 0)}" for c in CONFIGS])
 def test_sass_has_hgmma_and_tma(compiled, index: int) -> None:
     report, _ = compiled
     assert not report["errors"][index], report["errors"][index]
@@ -48,6 +53,8 @@ def test_sass_has_hgmma_and_tma(compiled, index: int) -> None:
     sass = sass_text(files)
     assert "HGMMA" in sass, f"no warpgroup MMA in the SASS of {CONFIGS[index]}"
     assert "UTMALDG" in sass, f"no TMA load in the SASS of {CONFIGS[index]}"
+    # K/V multicast into both CTAs of a pair, and only there
+    assert bool(re.search(r"UTMALDG\.\dD\.MULTICAST", sass)) == (CONFIGS[index].cluster_dim >= 0), CONFIGS[index]
 
 
 def test_new_process_loads_from_disk(compiled) -> None:

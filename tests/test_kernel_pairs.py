@@ -1,0 +1,133 @@
+"""CPU: the Q-tile pairs that share K/V loads in a cluster (sm90 ``FwdConfig.cluster_dim``).
+
+Two CTAs of a cluster load every K/V tile once for both, so they must visit the same KV tiles in
+the same order.  ``scheduler.pairable_dims`` claims that for a dim from the per-dim schedule
+formulas; here the claim is checked against the brute-force mask (``tests/brute_force.py``) of
+that dim (GNA is separable): per Q tile, the KV tiles some query sees (visited) and those every
+query sees whole (full; with the visited range it fixes the kernel's partial-first order),
+compared for tiles ``2t`` and ``2t + 1`` of every dilation group.  A claimed dim must pass; where
+every full set is nonempty (so the sets decide the order) the converse must hold too.  And the
+paired work order must be a bijection whose neighbouring indices are the pairs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from brute_force import neighborhood_mask
+from gna_cute.kernels.scheduler import QTileWork, TileGeometry, pairable_dims
+
+
+def _dim_sets(mask, length, dl, group, q_tile, kv_tile, tile):
+    """Brute force, one dim (GNA is separable): ``(visited, full)`` KV tile sets of Q tile ``tile``
+    of one dilation group, from the 1D mask of that dim."""
+    pos = list(range(group, length, dl))  # the group's tokens, in-group order
+    queries = [pos[q] for q in range(tile * q_tile, min((tile + 1) * q_tile, len(pos)))]
+    visited, full = set(), set()
+    for kv in range(-(-len(pos) // kv_tile)):
+        slots = range(kv * kv_tile, (kv + 1) * kv_tile)
+        keys = [pos[k] for k in slots if k < len(pos)]
+        sub = mask[np.ix_(queries, keys)]
+        if sub.any():
+            visited.add(kv)
+            if len(keys) == kv_tile and sub.all():  # a padded key slot is never full
+                full.add(kv)
+    return frozenset(visited), frozenset(full)
+
+
+def _brute_pairable(shape, ks, st, dl, ca, q_tile, kv_tile) -> tuple[list[int], list[int]]:
+    """``(pairable, decided)``: the dims whose pairs have equal brute-force sets and even tile
+    counts, and the dims where that is also what the kernel needs -- every full set nonempty (an
+    empty full range still places the partial tiles' split, which the sets do not show)."""
+    pairable, decided = [], []
+    for d in range(len(shape)):
+        mask = np.asarray(neighborhood_mask((shape[d],), (ks[d],), (st[d],), (dl[d],), (ca[d],)))
+        count = -(-(-(-shape[d] // dl[d])) // q_tile[d])
+        if count % 2:
+            pairable.append(None)
+            decided.append(d)
+            continue
+        sets = [[_dim_sets(mask, shape[d], dl[d], g, q_tile[d], kv_tile[d], t) for t in range(count)]
+                for g in range(dl[d])]
+        if all(a == b for per_group in sets for a, b in zip(per_group[::2], per_group[1::2])):
+            pairable.append(d)
+        if all(full for per_group in sets for _, full in per_group):
+            decided.append(d)
+    return [d for d in pairable if d is not None], decided
+
+
+def _pairable_case(rng: random.Random):
+    """Small problems biased toward pairable dims: dense dims, strides of two Q tiles, causal dims."""
+    rank = rng.choice([1, 2, 3])
+    c = {k: [] for k in ("shape", "ks", "st", "dl", "ca", "qt", "kt")}
+    for _ in range(rank):
+        d = rng.choice([1, 1, 1, 2])
+        qt = rng.choice([1, 2, 4])
+        n = d * rng.randint(2, 12 if rank < 3 else 6)
+        kind = rng.choice(["dense", "blocked", "any"])
+        w = n // d if kind == "dense" else rng.randint(2, max(2, n // d))
+        s = min(w, 2 * qt * rng.randint(1, 2)) if kind == "blocked" else rng.randint(1, w)
+        c["shape"].append(n)
+        c["ks"].append(w)
+        c["st"].append(s)
+        c["dl"].append(d)
+        c["ca"].append(rng.random() < 0.2)
+        c["qt"].append(qt)
+        c["kt"].append(rng.choice([1, 2, 4]))
+    return c
+
+
+def test_pairable_dims_match_brute_force():
+    found = {"pairable": 0, "not": 0}
+    for seed in range(60):
+        c = _pairable_case(random.Random(seed))
+        if any(w * d > n for w, d, n in zip(c["ks"], c["dl"], c["shape"])):
+            continue
+        geom = TileGeometry(tuple(c["qt"]), tuple(c["kt"]), tuple(c["ks"]), tuple(c["st"]), tuple(c["dl"]),
+                            tuple(c["ca"]))
+        got = pairable_dims(geom, c["shape"])
+        want, decided = _brute_pairable(c["shape"], c["ks"], c["st"], c["dl"], c["ca"], c["qt"], c["kt"])
+        assert set(got) <= set(want), f"seed {seed}: pairs with different KV tiles claimed: {c}"
+        for d in decided:
+            assert (d in got) == (d in want), f"seed {seed}, dim {d}: {c}"
+            found["pairable" if d in got else "not"] += 1
+    assert found["pairable"] >= 10 and found["not"] >= 10, found  # both answers were exercised
+
+
+def test_worked_examples():
+    # 1D 32K, w=2048: s=2048 pairs (every pair inside one stride group), s=1 does not; dense does.
+    for st, want in ((2048, [0]), (1, []), (256, [0]), (128, [])):
+        assert pairable_dims(TileGeometry((128,), (128,), (2048,), (st,), (1,), (False,)), [32768]) == want
+    assert pairable_dims(TileGeometry((128,), (128,), (32768,), (1,), (1,), (False,)), [32768]) == [0]
+    # 2D 256^2 w=80 s=16 with 16x8 Q tiles: pairs along dim 1 (8 + 8 = one stride group).
+    g = TileGeometry((16, 8), (16, 8), (80, 80), (16, 16), (1, 1), (False, False))
+    assert pairable_dims(g, [256, 256]) == [1]
+    # An odd tile count (30 / 2 = 15 tiles in dim 0) cannot pair.
+    g = TileGeometry((2, 8, 8), (2, 8, 8), (18, 24, 24), (16, 8, 8), (1, 1, 1), (False,) * 3)
+    assert pairable_dims(g, [30, 48, 80]) == []
+
+
+@pytest.mark.parametrize(
+    "shape,q_tile,dl,pair",
+    [((40,), (4,), (1,), 0), ((6, 8), (3, 2), (1, 2), 1), ((6, 8), (3, 2), (1, 2), 0), ((4, 6, 8), (2, 3, 2), (2, 1, 1), 2)],
+)
+def test_paired_work_order_is_a_bijection_of_pairs(shape, q_tile, dl, pair):
+    rank = len(shape)
+    geom = TileGeometry(q_tile, (1,) * rank, shape, (1,) * rank, dl, (False,) * rank, pair)
+    plain = TileGeometry(q_tile, (1,) * rank, shape, (1,) * rank, dl, (False,) * rank)
+    n = geom.num_work_tiles(shape)
+    seen = set()
+    for w in range(n):
+        work = QTileWork(geom, shape, w)
+        seen.add((tuple(work.group), tuple(work.q_tile_idx)))
+        assert work.q_tile_idx[pair] % 2 == w % 2
+        if w % 2:
+            prev = QTileWork(geom, shape, w - 1)
+            assert prev.group == work.group
+            assert [t - (i == pair) for i, t in enumerate(work.q_tile_idx)] == prev.q_tile_idx
+    every = {(tuple(QTileWork(plain, shape, w).group), tuple(QTileWork(plain, shape, w).q_tile_idx)) for w in range(n)}
+    assert seen == every and len(seen) == n
