@@ -80,7 +80,6 @@ VARIANTS = {
     # (the config's cluster_dim, set per problem in ``run_kernel``; the product's host layer does
     # the same through ``tile_choice.choose_cluster_dim``).
     "rotated+mc": dict(mainloop="rotated"),
-    "rotated+nomc": dict(mainloop="rotated"),
 }
 #: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
 PAIRED_VARIANTS = ("rotated+mc",)
@@ -181,10 +180,11 @@ def warm_variants(keys, workers: int | None = None) -> int:
 
 def with_pairs(cfg: FwdConfig, spatial) -> FwdConfig:
     """``cfg`` with the cluster dim the host layer would choose for this spatial shape (or -1)."""
-    from gna_cute.kernels.scheduler import TileGeometry, pairable_dims
+    from gna_cute.kernels.tile_choice import choose_cluster_dim
+    from gna_cute.params import GNAParams
 
-    dims = pairable_dims(TileGeometry.from_config(FwdConfig(**{**cfg.__dict__, "cluster_dim": -1})), spatial)
-    return FwdConfig(**{**cfg.__dict__, "cluster_dim": dims[-1] if dims else -1})
+    p = GNAParams.make(spatial, cfg.kernel_size, cfg.stride, cfg.dilation, cfg.is_causal)
+    return FwdConfig(**{**cfg.__dict__, "cluster_dim": choose_cluster_dim(90, p, cfg.q_tile_shape, cfg.kv_tile_shape)})
 
 
 def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial"):

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
-from cutlass import Int32
+from cutlass import Int32, const_expr
 from cutlass.cute.nvgpu import cpasync
 
 from gna_cute.kernels import tile_views
@@ -146,28 +146,23 @@ def tma_load_q(atom: cute.CopyAtom, tQgQ: cute.Tensor, tQsQ: cute.Tensor, pipe_q
     cute.copy(atom, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
 
 
-def tma_load_stage(
-    atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, coord: Any, state: Any
-) -> None:
-    """Acquire a pipeline stage and TMA-load the K or V tile at ``coord`` into it."""
-    pipe.producer_acquire(state)
-    cute.copy(atom, tXgX[None, coord], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
-
-
 @cute.jit
-def tma_load_stage_shared(
+def tma_load_stage(
     atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, coord: Any, state: Any,
-    issuer: Any, mcast_mask: int,
+    issuer: Any = None, mcast_mask: int = 0,
 ) -> None:
-    """:func:`tma_load_stage` for a tile shared by a cluster: every CTA acquires the stage (and arms
-    its own full barrier with the tile's bytes); only ``issuer`` loads it, into every CTA of
-    ``mcast_mask``, whose barriers at the same offset count the bytes."""
+    """Acquire a pipeline stage and TMA-load the K or V tile at ``coord`` into it.
+
+    A tile shared by a cluster (``mcast_mask`` != 0): every CTA acquires the stage (and arms its
+    own full barrier with the tile's bytes); only ``issuer`` loads it, into every CTA of
+    ``mcast_mask``, whose barriers at the same offset count the bytes.
+    """
     pipe.producer_acquire(state)
-    if issuer:
-        cute.copy(
-            atom, tXgX[None, coord], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state),
-            mcast_mask=cutlass.Int16(mcast_mask),
-        )
+    src, dst, bar = tXgX[None, coord], tXsX[None, state.index], pipe.producer_get_barrier(state)
+    if const_expr(mcast_mask == 0):
+        cute.copy(atom, src, dst, tma_bar_ptr=bar)
+    elif issuer:
+        cute.copy(atom, src, dst, tma_bar_ptr=bar, mcast_mask=cutlass.Int16(mcast_mask))
 
 
 def tma_store_tile(atom: cute.CopyAtom, sO: cute.Tensor, gO: cute.Tensor, wait: bool = True) -> None:

@@ -54,7 +54,7 @@ class TileGeometry:
             tuple(cfg.stride),
             tuple(cfg.dilation),
             tuple(bool(c) for c in cfg.is_causal),
-            getattr(cfg, "cluster_dim", -1),
+            cfg.cluster_dim,
         )
 
     @property
@@ -101,24 +101,19 @@ def pairable_dims(geom: TileGeometry, lengths: Sequence[int]) -> list[int]:
     visited and full boxes per dim, which fixes the visiting order (``kv_boxes``).  Holds for
     dense dims and for strides that are multiples of two Q tiles (blocked / block-sparse rows).
     """
-    out = []
-    for d in range(geom.rank):
-        lens = {nb.group_length(lengths[d], geom.dilation[d], g) for g in range(geom.dilation[d])}
-        ok = True
-        for n in lens:
-            count = nb.num_tiles(n, geom.q_tile[d])
-            if count % 2 or nb.tiles_per_group(lengths[d], geom.dilation[d], geom.q_tile[d]) != count:
-                ok = False
-                break
-            for t in range(0, count, 2):
-                if dim_schedule(geom, d, t, n) != dim_schedule(geom, d, t + 1, n):
-                    ok = False
-                    break
-            if not ok:
-                break
-        if ok:
-            out.append(d)
-    return out
+    return [d for d in range(geom.rank) if _pairs_match(geom, d, lengths[d])]
+
+
+def _pairs_match(geom: TileGeometry, d: int, length: int) -> bool:
+    """:func:`pairable_dims` for dim ``d`` of spatial size ``length``."""
+    grid = nb.tiles_per_group(length, geom.dilation[d], geom.q_tile[d])  # the grid's tile count
+    for n in {nb.group_length(length, geom.dilation[d], g) for g in range(geom.dilation[d])}:
+        count = nb.num_tiles(n, geom.q_tile[d])
+        if count % 2 or count != grid:
+            return False
+        if any(dim_schedule(geom, d, t, n) != dim_schedule(geom, d, t + 1, n) for t in range(0, count, 2)):
+            return False
+    return True
 
 
 class QTileWork(DslCarried):

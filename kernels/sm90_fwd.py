@@ -304,6 +304,7 @@ class GNAFwdSm90:
                     self._load_kv(*load_v, cur.idx, kv_state)
                     kv_state.advance()
                     cur = TileCursor(work.box_step(cur.idx, origin, extent))
+            k_end, v_end = kv_state, kv_state.clone()
         else:
             # The overlapped consumer needs K(j) before V(j-1): issue K one tile ahead of V, or
             # V's stage releases (one tile later than K's) would throttle the K prefetch.
@@ -324,12 +325,12 @@ class GNAFwdSm90:
                     cur = TileCursor(work.box_step(cur.idx, origin, extent))
             self._load_kv(*load_v, prev.idx, v_state)
             v_state.advance()
-            kv_state = k_state
+            k_end, v_end = k_state, v_state
         if const_expr(self.cluster > 1):
             # Stay until every CTA's consumers released every stage: their arrives land on this
             # CTA's empty barriers, which must outlive them.
-            pipe_k.producer_tail(kv_state.clone())
-            pipe_v.producer_tail(v_state if const_expr(self.overlap) else kv_state.clone())
+            pipe_k.producer_tail(k_end)
+            pipe_v.producer_tail(v_end)
 
     def _load_kv(
         self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, issuer_rank: int,
@@ -340,7 +341,7 @@ class GNAFwdSm90:
         coord = self._tile_coord(kv, head_kv, group, batch)[1]
         if const_expr(self.cluster > 1):
             issuer = cute.arch.block_idx_in_cluster() == issuer_rank
-            fwd_common.tma_load_stage_shared(atom, tXgX, tXsX, pipe, coord, state, issuer, (1 << self.cluster) - 1)
+            fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state, issuer, (1 << self.cluster) - 1)
         else:
             fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state)
 

@@ -40,6 +40,8 @@ from math import prod
 
 from gna_cute.params import GNAParams
 from gna_cute.kernels import config
+from gna_cute.kernels.dilation_split import kernel_dilation
+from gna_cute.kernels.scheduler import TileGeometry, pairable_dims
 
 #: Extra cost of a masked tile pair, relative to an unmasked one of the same shape.
 MASK_FACTOR = 0.21
@@ -155,9 +157,6 @@ def choose_cluster_dim(arch: int, params: GNAParams, q_tile_shape: tuple[int, ..
     dense dims, strides that are multiples of two Q tiles); not for dims split into one launch per
     dilation group (their launches have other lengths).  The last such dim is taken.
     """
-    from gna_cute.kernels.dilation_split import kernel_dilation
-    from gna_cute.kernels.scheduler import TileGeometry, pairable_dims
-
     if arch != 90 or kernel_dilation(params) != tuple(params.dilation):
         return -1
     geom = TileGeometry(tuple(q_tile_shape), tuple(kv_tile_shape), tuple(params.kernel_size),

@@ -45,19 +45,18 @@ def _brute_pairable(shape, ks, st, dl, ca, q_tile, kv_tile) -> tuple[list[int], 
     empty full range still places the partial tiles' split, which the sets do not show)."""
     pairable, decided = [], []
     for d in range(len(shape)):
-        mask = np.asarray(neighborhood_mask((shape[d],), (ks[d],), (st[d],), (dl[d],), (ca[d],)))
         count = -(-(-(-shape[d] // dl[d])) // q_tile[d])
-        if count % 2:
-            pairable.append(None)
+        if count % 2:  # a tile without its twin: not pairable, whatever the sets
             decided.append(d)
             continue
+        mask = np.asarray(neighborhood_mask((shape[d],), (ks[d],), (st[d],), (dl[d],), (ca[d],)))
         sets = [[_dim_sets(mask, shape[d], dl[d], g, q_tile[d], kv_tile[d], t) for t in range(count)]
                 for g in range(dl[d])]
         if all(a == b for per_group in sets for a, b in zip(per_group[::2], per_group[1::2])):
             pairable.append(d)
         if all(full for per_group in sets for _, full in per_group):
             decided.append(d)
-    return [d for d in pairable if d is not None], decided
+    return pairable, decided
 
 
 def _pairable_case(rng: random.Random):
