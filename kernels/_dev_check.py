@@ -80,9 +80,12 @@ VARIANTS = {
     # (the config's cluster_dim, set per problem in ``run_kernel``; the product's host layer does
     # the same through ``tile_choice.choose_cluster_dim``).
     "rotated+mc": dict(mainloop="rotated"),
+    # rotated+mc writing a per-CTA timeline into the counts argument (``trace_kernel``).
+    "rotated+mc+trace": dict(mainloop="rotated", trace=True),
+    "rotated+trace": dict(mainloop="rotated", trace=True),
 }
 #: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
-PAIRED_VARIANTS = ("rotated+mc",)
+PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 

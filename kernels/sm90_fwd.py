@@ -88,7 +88,7 @@ class GNAFwdSm90:
 
     def __init__(
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
-        alias_o: bool = False, stages: int | None = None,
+        alias_o: bool = False, stages: int | None = None, trace: bool = False,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -102,6 +102,8 @@ class GNAFwdSm90:
         if self.mainloop not in MAINLOOPS:
             raise ValueError(f"mainloop={self.mainloop!r} must be one of {MAINLOOPS}")
         self.cfg = cfg
+        # trace (dev only): mCounts becomes an int32 (CTAs, 8, 1..) timeline of %globaltimer_lo stamps.
+        self.trace = trace and not cfg.count_tiles
         # The producer issues K one tile ahead of V for the rotated loops (serial: K and V together).
         self.overlap = self.mainloop != "serial"
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
@@ -230,6 +232,8 @@ class GNAFwdSm90:
         self._make_layouts()
         self._make_mmas()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        t_entry = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
+        self._trace_t = mCounts
         if warp_idx == 0:
             for atom in (tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_O):
                 cpasync.prefetch_descriptor(atom)
@@ -255,6 +259,7 @@ class GNAFwdSm90:
         sO = fwd_common.smem_tensor(storage.sQ if const_expr(self.alias_o) else storage.sO, self.sO_layout)
 
         work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
+        t_sync = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
 
         if warp_idx < 4:
             cute.arch.setmaxregister_decrease(self.num_producer_regs)
@@ -263,6 +268,12 @@ class GNAFwdSm90:
                     work, head, head_kv, batch, tma_atom_Q, tma_Q, tma_atom_K, tma_K,
                     tma_atom_V, tma_V, sQ, sK, sV, pipe_q, pipe_k, pipe_v,
                 )
+                if const_expr(self.trace):
+                    if cute.arch.lane_idx() == 0:
+                        self._stamp(mCounts, 0, cute.arch.smid())
+                        self._stamp(mCounts, 1, t_entry)
+                        self._stamp(mCounts, 7, cute.arch.globaltimer_lo())
+                        self._stamp(mCounts, 8, t_sync)
         else:
             cute.arch.setmaxregister_increase(self.num_mma_regs)
             self.consume(
@@ -291,6 +302,7 @@ class GNAFwdSm90:
         tKsK, tKgK = fwd_common.tma_tile_partition(tma_atom_K, sK, cute.zipped_divide(tma_K, tiler_k))
         tVsV, tVgV = fwd_common.tma_tile_partition(tma_atom_V, sV, cute.zipped_divide(tma_V, tiler_v))
         fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q)
+        self._stamp_lane0(9)
 
         # In a cluster, CTA 0 loads every K tile and CTA 1 every V tile, each into both CTAs.
         load_k = (tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch)
@@ -317,6 +329,9 @@ class GNAFwdSm90:
                 for _ in cutlass.range(math.prod(extent), unroll=1):
                     self._load_kv(*load_k, cur.idx, k_state)
                     k_state.advance()
+                    if const_expr(self.trace):
+                        if has_prev == 0:
+                            self._stamp_lane0(10)
                     if has_prev > 0:
                         self._load_kv(*load_v, prev.idx, v_state)
                         v_state.advance()
@@ -354,6 +369,7 @@ class GNAFwdSm90:
         """Consumer warpgroups: the KV loop (masked body only on partial tiles), then the epilogue."""
         n = self.rank
         tidx = cute.arch.thread_idx()[0] - 128
+        t_centry = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
         wg = cute.arch.make_warp_uniform(tidx // 128)
         mma_qk, mma_pv = self.tiled_mma_qk, self.tiled_mma_pv
         thr_qk = mma_qk.get_slice(tidx)
@@ -383,7 +399,9 @@ class GNAFwdSm90:
         row_scale = cute.make_rmem_tensor(num_rows, Float32)
 
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        t_prolog = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
         pipe_q.consumer_wait(q_state)
+        t_q = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         loop_args = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
         if const_expr(self.mainloop == "rotated"):
@@ -393,15 +411,38 @@ class GNAFwdSm90:
         else:
             num_full = self._mainloop_serial(work, *loop_args)
 
+        t_loop = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
         lse = cute.make_rmem_tensor(num_rows, Float32)
         softmax.finalize(row_scale, lse)
         rescale_rows(acc_O, row_scale)
         self.epilogue(work, head, batch, acc_O, lse, row_coords, col_coords[0], tidx, sO, tma_atom_O, tma_O, mLSE)
+        if const_expr(self.trace):
+            if tidx == 0:
+                self._stamp(mCounts, 2, t_q)
+                self._stamp(mCounts, 4, t_loop)
+                self._stamp(mCounts, 5, cute.arch.globaltimer_lo())
+                self._stamp(mCounts, 6, work.num_kv_tiles)
+                self._stamp(mCounts, 11, t_centry)
+                self._stamp(mCounts, 12, t_prolog)
         if const_expr(self.cfg.count_tiles):
             if tidx == 0 and batch == 0 and head == 0:
                 idx = (*work.group, *work.q_tile_idx)
                 mCounts[(0, *idx)] = work.num_kv_tiles
                 mCounts[(1, *idx)] = num_full
+
+    @cute.jit
+    def _stamp_lane0(self, slot: int) -> None:
+        """Trace mode, producer warp: stamp ``slot`` from lane 0."""
+        if const_expr(self.trace):
+            if cute.arch.lane_idx() == 0:
+                self._stamp(self._trace_t, slot, cute.arch.globaltimer_lo())
+
+    def _stamp(self, mTrace: cute.Tensor, slot: int, value: Int32) -> None:
+        """Trace mode: ``mTrace[cta, slot] = value`` (CTA = linear block index)."""
+        bx, by, bz = cute.arch.block_idx()
+        gx, gy, _ = cute.arch.grid_dim()
+        cta = bx + gx * (by + gy * bz)
+        mTrace[(cta, slot, *([0] * (2 * self.rank - 1)))] = Int32(value)
 
     def _scores(
         self, acc_S: cute.Tensor, kv: list, masked: bool, windows: RowWindows, col_coords: list,
@@ -465,6 +506,7 @@ class GNAFwdSm90:
             kv_state.advance()
         return work.num_full_tiles
 
+    @cute.jit
     def _rotated_first(
         self, kv: list, masked: bool, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
@@ -472,6 +514,10 @@ class GNAFwdSm90:
     ) -> None:
         """The first tile of a rotated loop: QK, softmax, P -> fp16; its PV is issued by the next
         step (or by the caller after the loop), so ``state`` stays on this tile's stage."""
+        if const_expr(self.trace):
+            pipe_k.consumer_wait(state)
+            if cute.arch.thread_idx()[0] == 128:
+                self._stamp(self._trace_t, 13, cute.arch.globaltimer_lo())
         self._qk(acc_S, tSrQ, tSrK, pipe_k, state)
         self._scores(acc_S, kv, masked, windows, col_coords, softmax, row_scale)
         rescale_rows(acc_O, row_scale)
@@ -557,6 +603,9 @@ class GNAFwdSm90:
             self._rotated_first(work.partial_tile(0), True, *step, state)
         else:
             self._rotated_first(work.full_tile(0), False, *step, state)
+        if const_expr(self.trace):
+            if cute.arch.thread_idx()[0] == 128:
+                self._stamp(self._trace_t, 14, cute.arch.globaltimer_lo())
         for j in cutlass.range(1, num_partial, unroll=1):
             state = self._rotated_step(wg, work.partial_tile, j, True, *step, state)
         # The full tiles; the first one was peeled above when there is no partial tile.
