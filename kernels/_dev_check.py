@@ -83,9 +83,13 @@ VARIANTS = {
     # rotated+mc writing a per-CTA timeline into the counts argument (``trace_kernel``).
     "rotated+mc+trace": dict(mainloop="rotated", trace=True),
     "rotated+trace": dict(mainloop="rotated", trace=True),
+    # persistent CTAs (132 = the H100's SMs; 4: many work items per CTA, for correctness)
+    "rotated+pers": dict(mainloop="rotated", persistent_ctas=132),
+    "rotated+mc+pers": dict(mainloop="rotated", persistent_ctas=132),
+    "rotated+mc+pers4": dict(mainloop="rotated", persistent_ctas=4),
 }
 #: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
-PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace")
+PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 

@@ -86,6 +86,34 @@ def _select(cond: Any, a: Any, b: Any) -> Int32:
     return Int32(cutlass.select_(cond, a, b))
 
 
+def persistent_grid(geom: TileGeometry, mQ: cute.Tensor, rank: int, ctas: int) -> tuple:
+    """A persistent launch: ``min(work items, ctas)`` CTAs, each looping over work items
+    (``ctas`` even: clusters of two CTAs take consecutive items, the two tiles of a pair)."""
+    lengths = [mQ.shape[1 + i] for i in range(rank)]
+    total = geom.num_work_tiles(lengths) * mQ.shape[rank + 1] * mQ.shape[0]
+    return (cutlass.min(total, ctas), 1, 1)
+
+
+def persistent_work_range(geom: TileGeometry, mLSE: cute.Tensor, rank: int) -> tuple:
+    """``(first, end, step)``: the linear work items (tile fastest, then head, batch) of this
+    CTA of a :func:`persistent_grid`: every ``gridDim.x``-th from ``blockIdx.x``."""
+    lengths = [mLSE.shape[1 + i] for i in range(rank)]
+    total = geom.num_work_tiles(lengths) * mLSE.shape[rank + 1] * mLSE.shape[0]
+    return cute.arch.block_idx()[0], total, cute.arch.grid_dim()[0]
+
+
+def decode_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int, w: Int32) -> tuple:
+    """``(work, head, head_kv, batch)`` of linear work item ``w`` (see :func:`persistent_work_range`)."""
+    lengths = [mLSE.shape[1 + i] for i in range(rank)]
+    tiles = geom.num_work_tiles(lengths)
+    heads = mLSE.shape[rank + 1]
+    rest = w // tiles
+    work = QTileWork(geom, lengths, w - rest * tiles, cutlass.min, cutlass.max, _select)
+    head = rest % heads
+    head_kv = head // (heads // num_heads_kv)
+    return work, head, head_kv, rest // heads
+
+
 def block_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int) -> tuple:
     """This CTA's ``(work, head, head_kv, batch)``; GQA maps query heads onto KV heads in groups."""
     work_idx, head, batch = cute.arch.block_idx()
@@ -139,9 +167,10 @@ def tma_tile_partition(atom: cute.CopyAtom, sX: cute.Tensor, gX: cute.Tensor) ->
     return cpasync.tma_partition(atom, 0, cute.make_layout(1), cute.group_modes(sX, 0, 2), gX)
 
 
-def tma_load_q(atom: cute.CopyAtom, tQgQ: cute.Tensor, tQsQ: cute.Tensor, pipe_q: Any) -> None:
-    """Load the Q tile once through its one-stage pipeline."""
-    q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+def tma_load_q(atom: cute.CopyAtom, tQgQ: cute.Tensor, tQsQ: cute.Tensor, pipe_q: Any, q_state: Any = None) -> None:
+    """Load the Q tile through its one-stage pipeline (``q_state``: a persistent CTA's position)."""
+    if q_state is None:
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
     pipe_q.producer_acquire(q_state)
     cute.copy(atom, tQgQ, tQsQ, tma_bar_ptr=pipe_q.producer_get_barrier(q_state))
 

@@ -89,6 +89,7 @@ class GNAFwdSm90:
     def __init__(
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
+        persistent_ctas: int = 0,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -101,9 +102,15 @@ class GNAFwdSm90:
         self.mainloop = cfg.mainloop if mainloop is None else mainloop
         if self.mainloop not in MAINLOOPS:
             raise ValueError(f"mainloop={self.mainloop!r} must be one of {MAINLOOPS}")
+        if persistent_ctas and (self.mainloop != "rotated" or alias_o or persistent_ctas % 2):
+            raise ValueError(f"persistent_ctas={persistent_ctas}: needs the rotated mainloop, no alias_o, an even count")
         self.cfg = cfg
         # trace (dev only): mCounts becomes an int32 (CTAs, 8, 1..) timeline of %globaltimer_lo stamps.
-        self.trace = trace and not cfg.count_tiles
+        self.trace = trace and not cfg.count_tiles and not persistent_ctas
+        # persistent_ctas > 0: at most that many CTAs (the SM count), each looping over work items
+        # (every gridDim.x-th); the producer loads the next item's Q and K/V during the consumers'
+        # last PV and epilogue, and the O store of one item overlaps the next item's mainloop.
+        self.persistent = persistent_ctas
         # The producer issues K one tile ahead of V for the rotated loops (serial: K and V together).
         self.overlap = self.mainloop != "serial"
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
@@ -201,7 +208,10 @@ class GNAFwdSm90:
             sO: cute.struct.Align[cute.struct.MemRange[self.dtype, o_elems], 1024]
 
         self.shared_storage = SharedStorage
-        grid = fwd_common.launch_grid(self.geom, mQ, n)
+        if const_expr(self.persistent > 0):
+            grid = fwd_common.persistent_grid(self.geom, mQ, n, self.persistent)
+        else:
+            grid = fwd_common.launch_grid(self.geom, mQ, n)
         self.kernel(*tma, mLSE, mCounts, mK.shape[n + 1], scale_log2).launch(
             grid=grid,
             block=[self.num_threads, 1, 1],
@@ -258,14 +268,17 @@ class GNAFwdSm90:
         sV = fwd_common.smem_tensor(storage.sV, self.sV_layout)
         sO = fwd_common.smem_tensor(storage.sQ if const_expr(self.alias_o) else storage.sO, self.sO_layout)
 
-        work, head, head_kv, batch = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
+        if const_expr(self.persistent > 0):
+            works = fwd_common.persistent_work_range(self.geom, mLSE, n)
+        else:
+            works = fwd_common.block_work(self.geom, mLSE, num_heads_kv, n)
         t_sync = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
 
         if warp_idx < 4:
             cute.arch.setmaxregister_decrease(self.num_producer_regs)
             if warp_idx == 0:
                 self.load(
-                    work, head, head_kv, batch, tma_atom_Q, tma_Q, tma_atom_K, tma_K,
+                    works, mLSE, num_heads_kv, tma_atom_Q, tma_Q, tma_atom_K, tma_K,
                     tma_atom_V, tma_V, sQ, sK, sV, pipe_q, pipe_k, pipe_v,
                 )
                 if const_expr(self.trace):
@@ -277,38 +290,64 @@ class GNAFwdSm90:
         else:
             cute.arch.setmaxregister_increase(self.num_mma_regs)
             self.consume(
-                work, head, batch, tma_atom_O, tma_O, mLSE, mCounts, sQ, sK, sV, sO,
+                works, mLSE, num_heads_kv, tma_atom_O, tma_O, mCounts, sQ, sK, sV, sO,
                 pipe_q, pipe_k, pipe_v, scale_log2,
             )
 
     @cute.jit
     def load(
-        self, work: QTileWork, head: Int32, head_kv: Int32, batch: Int32,
+        self, works: tuple, mLSE: cute.Tensor, num_heads_kv: Int32,
         tma_atom_Q: cute.CopyAtom, tma_Q: cute.Tensor, tma_atom_K: cute.CopyAtom, tma_K: cute.Tensor,
         tma_atom_V: cute.CopyAtom, tma_V: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
         pipe_q: Any, pipe_k: Any, pipe_v: Any,
     ):
-        """Producer warp: Q once, then K and V of every scheduled KV tile, partial tiles first
+        """Producer warp: Q, then K and V of every scheduled KV tile, partial tiles first
         (the consumers' order), walking ``QTileWork.kv_boxes`` with ``box_step``: a compare and a
         select per dim and tile.  It replaced a producer that decoded every tile's index like the
         consumers do (both kinds, a part search, divisions): an ncu profile of the dense 2D problem
         counted 251 producer instructions per KV tile with it (FA4's producer: 70; now ~85), and
-        the producer warp shares its issue slots with two consumer warps."""
-        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
+        the producer warp shares its issue slots with two consumer warps.  A persistent CTA does
+        this per work item, its pipeline positions running on from item to item."""
         tiler_k = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdim)
         tiler_v = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdimv)
-        gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
-        tQsQ, tQgQ = fwd_common.tma_tile_partition(tma_atom_Q, sQ, gQ)
         tKsK, tKgK = fwd_common.tma_tile_partition(tma_atom_K, sK, cute.zipped_divide(tma_K, tiler_k))
         tVsV, tVgV = fwd_common.tma_tile_partition(tma_atom_V, sV, cute.zipped_divide(tma_V, tiler_v))
-        fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q)
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+        v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+        tile_args = (tma_atom_Q, tma_Q, sQ, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_q, pipe_k, pipe_v)
+        if const_expr(self.persistent > 0):
+            for w in cutlass.range(works[0], works[1], works[2], unroll=1):
+                work, head, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
+                k_state, v_state = self._load_tile(work, head, head_kv, batch, *tile_args, q_state, k_state, v_state)
+                q_state.advance()
+        else:
+            k_state, v_state = self._load_tile(*works, *tile_args, q_state, k_state, v_state)
+        if const_expr(self.cluster > 1):
+            # Stay until every CTA's consumers released every stage: their arrives land on this
+            # CTA's empty barriers, which must outlive them.
+            pipe_k.producer_tail(k_state)
+            pipe_v.producer_tail(v_state)
+
+    @cute.jit
+    def _load_tile(
+        self, work: QTileWork, head: Int32, head_kv: Int32, batch: Int32,
+        tma_atom_Q: cute.CopyAtom, tma_Q: cute.Tensor, sQ: cute.Tensor, tma_atom_K: cute.CopyAtom,
+        tKgK: cute.Tensor, tKsK: cute.Tensor, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor,
+        pipe_q: Any, pipe_k: Any, pipe_v: Any, q_state: Any, k_state: Any, v_state: Any,
+    ) -> tuple:
+        """One work item's loads: Q, then K and V; returns the K and V pipeline positions after it."""
+        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
+        gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
+        tQsQ, tQgQ = fwd_common.tma_tile_partition(tma_atom_Q, sQ, gQ)
+        fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q, q_state)
         self._stamp_lane0(9)
 
         # In a cluster, CTA 0 loads every K tile and CTA 1 every V tile, each into both CTAs.
         load_k = (tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch)
         load_v = (tma_atom_V, tVgV, tVsV, pipe_v, 1, work.group, head_kv, batch)
         if const_expr(not self.overlap):
-            kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
+            kv_state = k_state
             for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
                 cur = TileCursor(origin)
                 for _ in cutlass.range(math.prod(extent), unroll=1):
@@ -316,12 +355,10 @@ class GNAFwdSm90:
                     self._load_kv(*load_v, cur.idx, kv_state)
                     kv_state.advance()
                     cur = TileCursor(work.box_step(cur.idx, origin, extent))
-            k_end, v_end = kv_state, kv_state.clone()
+            k_state, v_state = kv_state, kv_state.clone()
         else:
             # The overlapped consumer needs K(j) before V(j-1): issue K one tile ahead of V, or
             # V's stage releases (one tile later than K's) would throttle the K prefetch.
-            k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
-            v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
             prev = TileCursor(work.kv_lo)
             has_prev = Int32(0)
             for origin, extent in work.kv_boxes():
@@ -340,12 +377,7 @@ class GNAFwdSm90:
                     cur = TileCursor(work.box_step(cur.idx, origin, extent))
             self._load_kv(*load_v, prev.idx, v_state)
             v_state.advance()
-            k_end, v_end = k_state, v_state
-        if const_expr(self.cluster > 1):
-            # Stay until every CTA's consumers released every stage: their arrives land on this
-            # CTA's empty barriers, which must outlive them.
-            pipe_k.producer_tail(k_end)
-            pipe_v.producer_tail(v_end)
+        return k_state, v_state
 
     def _load_kv(
         self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, issuer_rank: int,
@@ -362,12 +394,12 @@ class GNAFwdSm90:
 
     @cute.jit
     def consume(
-        self, work: QTileWork, head: Int32, batch: Int32, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor,
-        mLSE: cute.Tensor, mCounts: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
+        self, works: tuple, mLSE: cute.Tensor, num_heads_kv: Int32, tma_atom_O: cute.CopyAtom,
+        tma_O: cute.Tensor, mCounts: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
         sO: cute.Tensor, pipe_q: Any, pipe_k: Any, pipe_v: Any, scale_log2: Float32,
     ):
-        """Consumer warpgroups: the KV loop (masked body only on partial tiles), then the epilogue."""
-        n = self.rank
+        """Consumer warpgroups: per work item, the KV loop (masked body only on partial tiles),
+        then the epilogue."""
         tidx = cute.arch.thread_idx()[0] - 128
         t_centry = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
         wg = cute.arch.make_warp_uniform(tidx // 128)
@@ -385,27 +417,59 @@ class GNAFwdSm90:
         acc_S = cute.make_rmem_tensor(thr_qk.partition_shape_C((self.tile_m, self.tile_n)), Float32)
         thr_pv = mma_pv.get_slice(tidx)
         acc_O = cute.make_rmem_tensor(thr_pv.partition_shape_C((self.tile_m, self.hdimv)), Float32)
-        acc_O.fill(0.0)
 
         # This thread's rows (Q tile positions) and columns (KV tile positions).
         coords = acc_rows_view(thr_qk.partition_C(cute.make_identity_tensor((self.tile_m, self.tile_n))))
         num_rows = cute.size(coords, mode=[0])
         row_coords = [coords[r, 0][0] for r in range(num_rows)]
         col_coords = [coords[0, c][1] for c in range(cute.size(coords, mode=[1]))]
-        windows = RowWindows(work, row_coords)
-
         softmax = OnlineSoftmax(num_rows, scale_log2)
-        softmax.reset()
         row_scale = cute.make_rmem_tensor(num_rows, Float32)
 
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
+        if const_expr(self.mainloop == "rotated"):
+            # Once per CTA: the turn chain runs on from work item to work item (each warpgroup
+            # waits and arrives equally often per item).
+            self._open_turns(wg)
+        tile_args = (
+            tma_atom_O, tma_O, mLSE, mCounts, sO, pipe_q, pipe_k, pipe_v, wg, tidx, row_coords, col_coords,
+            softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, t_centry,
+        )
+        if const_expr(self.persistent > 0):
+            for w in cutlass.range(works[0], works[1], works[2], unroll=1):
+                work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
+                kv_state = self._consume_tile(work, head, batch, *tile_args, q_state, kv_state)
+                q_state.advance()
+            if cute.arch.make_warp_uniform(cute.arch.warp_idx()) == 4:
+                fwd_common.tma_store_wait()  # the last item's O store has read its smem
+        else:
+            work, head, _, batch = works
+            self._consume_tile(work, head, batch, *tile_args, q_state, kv_state)
+
+    @cute.jit
+    def _consume_tile(
+        self, work: QTileWork, head: Int32, batch: Int32, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor,
+        mLSE: cute.Tensor, mCounts: cute.Tensor, sO: cute.Tensor, pipe_q: Any, pipe_k: Any, pipe_v: Any,
+        wg: Int32, tidx: Int32, row_coords: list, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor, tSrK: cute.Tensor,
+        tOrP: cute.Tensor, tOrVt: cute.Tensor, t_centry: Int32, q_state: Any, kv_state: Any,
+    ) -> Any:
+        """One work item: mainloop and epilogue; returns the K/V pipeline position after it."""
+        num_rows = len(row_coords)
+        acc_O.fill(0.0)
+        windows = RowWindows(work, row_coords)
+        softmax.reset()
         t_prolog = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
         pipe_q.consumer_wait(q_state)
         t_q = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
-        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         loop_args = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
         if const_expr(self.mainloop == "rotated"):
-            num_full = self._mainloop_rotated(work, wg, *loop_args)
+            num_full, kv_state = self._mainloop_rotated(work, wg, *loop_args, kv_state)
+            if const_expr(self.persistent > 0):
+                pipe_q.consumer_release(q_state)  # every QK is done: the next item's Q may load
+            self._pv(acc_O, tOrP, tOrVt, pipe_v, kv_state)  # the last tile's PV
+            kv_state.advance()
         elif const_expr(self.mainloop == "hybrid"):
             num_full = self._mainloop_hybrid(work, wg, *loop_args)
         else:
@@ -429,6 +493,7 @@ class GNAFwdSm90:
                 idx = (*work.group, *work.q_tile_idx)
                 mCounts[(0, *idx)] = work.num_kv_tiles
                 mCounts[(1, *idx)] = num_full
+        return kv_state
 
     @cute.jit
     def _stamp_lane0(self, slot: int) -> None:
@@ -585,19 +650,19 @@ class GNAFwdSm90:
     def _mainloop_rotated(
         self, work: QTileWork, wg: Int32, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
-        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any,
-    ) -> Int32:
+        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, state: Any,
+    ) -> tuple:
         """Software-pipelined by one tile: QK(j) and PV(j-1) are issued together, the softmax of
         tile j overlaps PV(j-1), and the two warpgroups take turns issuing (named barriers), so
         one's GEMMs run while the other does its softmax.
 
         Tile 0 (QK and softmax only) is peeled; the partial tiles after it run in the masked loop,
-        then the full tiles in the unmasked one; the last tile's PV follows the loops.
-        Returns the number of unmasked iterations (the debug counters' "full" count).
+        then the full tiles in the unmasked one; the caller issues the last tile's PV (after
+        releasing Q in a persistent CTA).  ``state`` enters on tile 0's stage.
+        Returns the number of unmasked iterations (the debug counters' "full" count) and the
+        last tile's pipeline position.
         """
-        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
-        self._open_turns(wg)
         num_partial = work.num_partial_tiles
         if num_partial > 0:
             self._rotated_first(work.partial_tile(0), True, *step, state)
@@ -611,8 +676,7 @@ class GNAFwdSm90:
         # The full tiles; the first one was peeled above when there is no partial tile.
         for f in cutlass.range(1 - cutlass.min(num_partial, 1), work.num_full_tiles, unroll=1):
             state = self._rotated_step(wg, work.full_tile, f, False, *step, state)
-        self._pv(acc_O, tOrP, tOrVt, pipe_v, state)
-        return work.num_full_tiles
+        return work.num_full_tiles, state
 
     @cute.jit
     def epilogue(
@@ -623,15 +687,20 @@ class GNAFwdSm90:
         """O: registers -> smem (stmatrix) -> one TMA store of the Q box; LSE: predicated stores,
         issued while that store reads smem."""
         n = self.rank
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
         rO.store(acc_O.load().to(self.dtype))
+        if const_expr(self.persistent > 0):
+            # sO is free once the previous item's O store has read it (its issuer waits here).
+            if warp_idx == 4:
+                fwd_common.tma_store_wait()
+            cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=128 * self.num_mma_wg)
         store_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
         thr_store = cute.make_tiled_copy_C(store_atom, self.tiled_mma_pv).get_slice(tidx)
         cute.copy(thr_store, thr_store.retile(rO), thr_store.partition_D(sO))
         cute.arch.fence_view_async_shared()
         cute.arch.barrier(barrier_id=_EPILOGUE_BARRIER, number_of_threads=128 * self.num_mma_wg)
 
-        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         if warp_idx == 4:
             tiler_o = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdimv)
             gO = cute.zipped_divide(tma_O, tiler_o)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
@@ -652,8 +721,9 @@ class GNAFwdSm90:
                     x = [q[i] * self.cfg.dilation[i] + work.group[i] for i in range(n)]
                     gLSE[_spatial_coord(x)] = lse[r]
 
-        if warp_idx == 4:
-            fwd_common.tma_store_wait()
+        if const_expr(self.persistent == 0):
+            if warp_idx == 4:
+                fwd_common.tma_store_wait()
 
 
 def log2_scale(scale: float) -> float:
