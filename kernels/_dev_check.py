@@ -87,9 +87,10 @@ VARIANTS = {
     "rotated+pers": dict(mainloop="rotated", persistent_ctas=132),
     "rotated+mc+pers": dict(mainloop="rotated", persistent_ctas=132),
     "rotated+mc+pers4": dict(mainloop="rotated", persistent_ctas=4),
+    "rotated+mc+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
 }
 #: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
-PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4")
+PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4", "rotated+mc+pers+trace")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 

@@ -42,6 +42,10 @@ class FwdConfig:
     # every K/V load (TMA multicast); only where their KV schedules are identical
     # (``scheduler.pairable_dims``, checked by the host layer for each problem).
     cluster_dim: int = -1
+    # sm90: 0 (one CTA per work item), or the number of persistent CTAs (the SM count, even), each
+    # looping over every gridDim.x-th work item; chosen per problem by
+    # ``tile_choice.choose_persistent_ctas``.
+    persistent_ctas: int = 0
 
     @property
     def rank(self) -> int:

@@ -34,6 +34,8 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
         raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in {HEAD_DIMS}")
     if cfg.cluster_dim >= 0 and (arch != 90 or cfg.cluster_dim >= cfg.rank):
         raise ValueError(f"cluster_dim={cfg.cluster_dim}: clusters of paired Q tiles are sm90 only, dim < rank")
+    if cfg.persistent_ctas and (arch != 90 or cfg.persistent_ctas < 0 or cfg.persistent_ctas % 2):
+        raise ValueError(f"persistent_ctas={cfg.persistent_ctas}: persistent CTAs are sm90 only, an even count >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +50,7 @@ def make_tma_atoms(
 ) -> tuple:
     """``(atom_Q, tma_Q, atom_K, tma_K, atom_V, tma_V, atom_O, tma_O)``: loads of Q, K, V, store of O.
 
-    The K/V layouts may carry a stage mode; one box is their first two modes.  ``kv_multicast``:
+    The Q/K/V layouts may carry a stage mode; one box is their first two modes.  ``kv_multicast``:
     K and V load whole boxes that one CTA of a cluster multicasts to all of them.
     """
     tiler_q = tile_views.tile_tiler(q_tile_shape, head_dim)
@@ -56,7 +58,8 @@ def make_tma_atoms(
     tiler_v = tile_views.tile_tiler(kv_tile_shape, head_dim_v)
     tiler_o = tile_views.tile_tiler(q_tile_shape, head_dim_v)
     load = cpasync.CopyBulkTensorTileG2SOp()
-    atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load, tile_views.token_view(mQ, rank, dilation), sQ_layout, tiler_q)
+    q_box = sQ_layout if cute.rank(sQ_layout) == 2 else cute.select(sQ_layout, mode=[0, 1])
+    atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load, tile_views.token_view(mQ, rank, dilation), q_box, tiler_q)
     load_kv = cpasync.CopyBulkTensorTileG2SMulticastOp() if kv_multicast else load
     atom_K, tma_K = cpasync.make_tiled_tma_atom(
         load_kv, tile_views.token_view(mK, rank, dilation), cute.select(sK_layout, mode=[0, 1]), tiler_k
@@ -138,7 +141,7 @@ def make_pipeline(
 
 def qkv_pipelines(
     cls: type, storage: Any, producer: Any, consumer: Any, num_stages: int, tx_q: int, tx_k: int, tx_v: int,
-    cluster: int = 1,
+    cluster: int = 1, q_stages: int = 1,
 ) -> tuple:
     """``(pipe_q, pipe_k, pipe_v)``: TMA loads of Q (one stage) and of K and V (``num_stages``).
 
@@ -147,7 +150,7 @@ def qkv_pipelines(
     consumers released it: each consumer warp arrives on every CTA's empty barrier (``consumer``
     counts one arrive per warp).
     """
-    pipe_q = make_pipeline(cls, storage.mbar_q.data_ptr(), producer, consumer, 1, tx_q)
+    pipe_q = make_pipeline(cls, storage.mbar_q.data_ptr(), producer, consumer, q_stages, tx_q)
     kv = {}
     if cluster > 1:
         kv = dict(cta_layout_vmnk=cute.make_layout((1, cluster, 1, 1)))

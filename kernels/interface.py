@@ -213,8 +213,26 @@ def _config(
     """:func:`make_config` with the tile shapes already chosen."""
     q = args.q
     return _config_of(
-        arch, q.dtype, q.shape[-1], args.v.shape[-1], q_tile_shape, kv_tile_shape, args.params, count_tiles
+        arch, q.dtype, q.shape[-1], args.v.shape[-1], q_tile_shape, kv_tile_shape, args.params, count_tiles,
+        _sm_count(q.device),
     )
+
+
+def _sm_count(device: torch.device) -> int:
+    """SMs of ``device`` (of the current CUDA device for a meta tensor; 0 without CUDA): the
+    persistent CTA count is part of the compile-cache key."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    elif torch.cuda.is_available():
+        index = torch.cuda.current_device()
+    else:
+        return 0
+    return _sm_count_of(index)
+
+
+@lru_cache(maxsize=16)
+def _sm_count_of(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @lru_cache(maxsize=1024)
@@ -227,6 +245,7 @@ def _config_of(
     kv_tile_shape: tuple[int, ...],
     p: Any,
     count_tiles: bool,
+    sm_count: int = 0,
 ) -> FwdConfig:
     """The config of a problem, cached: a repeated problem costs a lookup, not ~6 us of building."""
     return FwdConfig(
@@ -243,6 +262,7 @@ def _config_of(
         count_tiles=count_tiles,
         mainloop=tile_choice.choose_mainloop(arch, p, q_tile_shape, kv_tile_shape),
         cluster_dim=tile_choice.choose_cluster_dim(arch, p, q_tile_shape, kv_tile_shape),
+        persistent_ctas=tile_choice.choose_persistent_ctas(arch, p, sm_count),
     )
 
 

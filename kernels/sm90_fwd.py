@@ -89,7 +89,7 @@ class GNAFwdSm90:
     def __init__(
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
-        persistent_ctas: int = 0,
+        persistent_ctas: int | None = None,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -102,15 +102,17 @@ class GNAFwdSm90:
         self.mainloop = cfg.mainloop if mainloop is None else mainloop
         if self.mainloop not in MAINLOOPS:
             raise ValueError(f"mainloop={self.mainloop!r} must be one of {MAINLOOPS}")
-        if persistent_ctas and (self.mainloop != "rotated" or alias_o or persistent_ctas % 2):
-            raise ValueError(f"persistent_ctas={persistent_ctas}: needs the rotated mainloop, no alias_o, an even count")
         self.cfg = cfg
-        # trace (dev only): mCounts becomes an int32 (CTAs, 8, 1..) timeline of %globaltimer_lo stamps.
-        self.trace = trace and not cfg.count_tiles and not persistent_ctas
-        # persistent_ctas > 0: at most that many CTAs (the SM count), each looping over work items
-        # (every gridDim.x-th); the producer loads the next item's Q and K/V during the consumers'
-        # last PV and epilogue, and the O store of one item overlaps the next item's mainloop.
-        self.persistent = persistent_ctas
+        # trace (dev only): mCounts becomes an int32 (work items, 16, 1..) timeline of
+        # %globaltimer_lo stamps (devscratch-style drivers read it; see docs/sm90-kernel.md).
+        self.trace = trace and not cfg.count_tiles
+        # persistent_ctas (overrides cfg's) > 0: at most that many CTAs, each looping over every
+        # gridDim.x-th work item; the producer loads the next item's Q (double-buffered where it
+        # fits) and K/V during this item's last tiles, and one item's O store overlaps the next
+        # item's mainloop.  0: one CTA per work item.
+        self.persistent = cfg.persistent_ctas if persistent_ctas is None else persistent_ctas
+        if self.persistent and (self.mainloop != "rotated" or alias_o or self.persistent % 2):
+            raise ValueError(f"persistent_ctas={self.persistent}: needs the rotated mainloop, no alias_o, an even count")
         # The producer issues K one tile ahead of V for the rotated loops (serial: K and V together).
         self.overlap = self.mainloop != "serial"
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
@@ -139,6 +141,11 @@ class GNAFwdSm90:
             if not 2 <= stages <= self.num_stages:
                 raise ValueError(f"stages={stages}: this config fits 2..{self.num_stages} K/V stages")
             self.num_stages = stages
+        # A persistent CTA double-buffers Q where it fits (D = 128: 2 x 32 KiB Q + 32 KiB O + two
+        # 64 KiB K/V stages = 224 KiB): the next item's Q loads during this item's mainloop.
+        self.q_stages = 1
+        if self.persistent and fixed + self.tile_m * self.hdim * elem + self.num_stages * per_stage <= _SMEM_BUDGET_ALIASED:
+            self.q_stages = 2
 
     # ------------------------------------------------------------------ host side
     def _tile_coord(self, tile: list, head: Int32, group: list, batch: Int32) -> tuple:
@@ -151,9 +158,14 @@ class GNAFwdSm90:
         shape = (rows, cols) if stages is None else (rows, cols, stages)
         return cute.tile_to_shape(atom, shape, order=(0, 1) if stages is None else (0, 1, 2))
 
+    @staticmethod
+    def _box(layout: Any) -> Any:
+        """One stage of a smem layout that may carry a stage mode."""
+        return layout if cute.rank(layout) == 2 else cute.select(layout, mode=[0, 1])
+
     def _make_layouts(self) -> None:
         """Swizzled smem layouts (static; rebuilt wherever used: host and device are separate IR)."""
-        self.sQ_layout = self._smem_layout(self.tile_m, self.hdim, None)
+        self.sQ_layout = self._smem_layout(self.tile_m, self.hdim, self.q_stages if self.q_stages > 1 else None)
         self.sK_layout = self._smem_layout(self.tile_n, self.hdim, self.num_stages)
         self.sV_layout = self._smem_layout(self.tile_n, self.hdimv, self.num_stages)
         self.sO_layout = self._smem_layout(self.tile_m, self.hdimv, None)
@@ -190,7 +202,7 @@ class GNAFwdSm90:
             self.hdim, self.hdimv, self.sQ_layout, self.sK_layout, self.sV_layout, self.sO_layout,
             kv_multicast=self.cluster > 1,
         )
-        self.tx_q = cute.size_in_bytes(self.dtype, self.sQ_layout)
+        self.tx_q = cute.size_in_bytes(self.dtype, self._box(self.sQ_layout))
         self.tx_k = cute.size_in_bytes(self.dtype, cute.select(self.sK_layout, mode=[0, 1]))
         self.tx_v = cute.size_in_bytes(self.dtype, cute.select(self.sV_layout, mode=[0, 1]))
 
@@ -199,7 +211,7 @@ class GNAFwdSm90:
 
         @cute.struct
         class SharedStorage:
-            mbar_q: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_q: cute.struct.MemRange[cutlass.Int64, 2 * self.q_stages]
             mbar_k: cute.struct.MemRange[cutlass.Int64, 2 * stages]
             mbar_v: cute.struct.MemRange[cutlass.Int64, 2 * stages]
             sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(self.sQ_layout)], 1024]
@@ -254,7 +266,7 @@ class GNAFwdSm90:
         consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_mma_wg * 4)
         pipe_q, pipe_k, pipe_v = fwd_common.qkv_pipelines(
             pipeline.PipelineTmaAsync, storage, producer, consumers, self.num_stages, self.tx_q, self.tx_k,
-            self.tx_v, self.cluster,
+            self.tx_v, self.cluster, self.q_stages,
         )
         cute.arch.mbarrier_init_fence()
         if const_expr(self.cluster > 1):  # the peer's barriers must be initialized before any arrive
@@ -281,7 +293,7 @@ class GNAFwdSm90:
                     works, mLSE, num_heads_kv, tma_atom_Q, tma_Q, tma_atom_K, tma_K,
                     tma_atom_V, tma_V, sQ, sK, sV, pipe_q, pipe_k, pipe_v,
                 )
-                if const_expr(self.trace):
+                if const_expr(self.trace and self.persistent == 0):
                     if cute.arch.lane_idx() == 0:
                         self._stamp(mCounts, 0, cute.arch.smid())
                         self._stamp(mCounts, 1, t_entry)
@@ -312,12 +324,17 @@ class GNAFwdSm90:
         tiler_v = tile_views.tile_tiler(self.cfg.kv_tile_shape, self.hdimv)
         tKsK, tKgK = fwd_common.tma_tile_partition(tma_atom_K, sK, cute.zipped_divide(tma_K, tiler_k))
         tVsV, tVgV = fwd_common.tma_tile_partition(tma_atom_V, sV, cute.zipped_divide(tma_V, tiler_v))
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.q_stages)
         k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         tile_args = (tma_atom_Q, tma_Q, sQ, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_q, pipe_k, pipe_v)
         if const_expr(self.persistent > 0):
             for w in cutlass.range(works[0], works[1], works[2], unroll=1):
+                self._set_trace_item(w)
+                if const_expr(self.trace):
+                    if cute.arch.lane_idx() == 0:
+                        self._stamp(self._trace_t, 0, cute.arch.smid())
+                        self._stamp(self._trace_t, 1, cute.arch.globaltimer_lo())
                 work, head, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
                 k_state, v_state = self._load_tile(work, head, head_kv, batch, *tile_args, q_state, k_state, v_state)
                 q_state.advance()
@@ -339,6 +356,8 @@ class GNAFwdSm90:
         """One work item's loads: Q, then K and V; returns the K and V pipeline positions after it."""
         tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
         gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
+        if const_expr(self.q_stages > 1):
+            sQ = sQ[None, None, q_state.index]
         tQsQ, tQgQ = fwd_common.tma_tile_partition(tma_atom_Q, sQ, gQ)
         fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q, q_state)
         self._stamp_lane0(9)
@@ -426,7 +445,7 @@ class GNAFwdSm90:
         softmax = OnlineSoftmax(num_rows, scale_log2)
         row_scale = cute.make_rmem_tensor(num_rows, Float32)
 
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 1)
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.q_stages)
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.num_stages)
         if const_expr(self.mainloop == "rotated"):
             # Once per CTA: the turn chain runs on from work item to work item (each warpgroup
@@ -438,6 +457,7 @@ class GNAFwdSm90:
         )
         if const_expr(self.persistent > 0):
             for w in cutlass.range(works[0], works[1], works[2], unroll=1):
+                self._set_trace_item(w)
                 work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
                 kv_state = self._consume_tile(work, head, batch, *tile_args, q_state, kv_state)
                 q_state.advance()
@@ -457,6 +477,8 @@ class GNAFwdSm90:
     ) -> Any:
         """One work item: mainloop and epilogue; returns the K/V pipeline position after it."""
         num_rows = len(row_coords)
+        if const_expr(self.q_stages > 1):
+            tSrQ = tSrQ[None, None, None, q_state.index]
         acc_O.fill(0.0)
         windows = RowWindows(work, row_coords)
         softmax.reset()
@@ -495,6 +517,10 @@ class GNAFwdSm90:
                 mCounts[(1, *idx)] = num_full
         return kv_state
 
+    def _set_trace_item(self, w: Int32) -> None:
+        """Trace mode of a persistent CTA: the work item the next stamps belong to."""
+        self._trace_item = w
+
     @cute.jit
     def _stamp_lane0(self, slot: int) -> None:
         """Trace mode, producer warp: stamp ``slot`` from lane 0."""
@@ -504,9 +530,12 @@ class GNAFwdSm90:
 
     def _stamp(self, mTrace: cute.Tensor, slot: int, value: Int32) -> None:
         """Trace mode: ``mTrace[cta, slot] = value`` (CTA = linear block index)."""
-        bx, by, bz = cute.arch.block_idx()
-        gx, gy, _ = cute.arch.grid_dim()
-        cta = bx + gx * (by + gy * bz)
+        if const_expr(self.persistent > 0):
+            cta = self._trace_item  # the work item
+        else:
+            bx, by, bz = cute.arch.block_idx()
+            gx, gy, _ = cute.arch.grid_dim()
+            cta = bx + gx * (by + gy * bz)
         mTrace[(cta, slot, *([0] * (2 * self.rank - 1)))] = Int32(value)
 
     def _scores(

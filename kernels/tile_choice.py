@@ -163,3 +163,20 @@ def choose_cluster_dim(arch: int, params: GNAParams, q_tile_shape: tuple[int, ..
                         tuple(params.stride), tuple(params.dilation), tuple(params.is_causal))
     dims = pairable_dims(geom, params.spatial_shape)
     return dims[-1] if dims else -1
+
+
+@lru_cache(maxsize=1024)
+def choose_persistent_ctas(arch: int, params: GNAParams, sm_count: int) -> int:
+    """``FwdConfig.persistent_ctas``: the SM count (rounded down to even) where persistent CTAs
+    measured faster, else 0 (one CTA per work item).
+
+    Measured on the H100 (docs/sm90-kernel.md, "Persistent CTAs"): 1D problems gain 4-5 % (32K
+    tokens, w = 2048: s = 1 0.0695 -> 0.0658 ms, s = 2048 0.063 -> 0.0605 ms; dense level) from
+    hiding the next item's CTA start and Q/K loads, which under a saturated L2 take ~2 us; 2D/3D
+    problems with unequal work items lost to the static round-robin (2D s = 1 +4 %), dense 2D and
+    the block-sparse 2D/3D rows were level within the spread.  Causal dims make the items unequal,
+    so they keep one CTA per item too.
+    """
+    if arch != 90 or params.rank != 1 or any(params.is_causal) or sm_count < 2:
+        return 0
+    return sm_count - sm_count % 2

@@ -27,14 +27,15 @@ dump = Path(sys.argv[2]) if len(sys.argv) > 2 else None
 sass, errors = [], []
 for spec in json.loads(sys.argv[1]):
     cfg = FwdConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
-    before = set(dump.glob("*.sass")) if dump else set()
+    # (name, mtime): a config whose kernel name repeats an earlier one's rewrites that file
+    before = {(p, p.stat().st_mtime_ns) for p in dump.glob("*.sass")} if dump else set()
     try:
         interface.compiled_kernel(cfg)
         errors.append("")
     except Exception as e:
         errors.append(f"{type(e).__name__}: {e}"[-3000:])
-    after = set(dump.glob("*.sass")) if dump else set()
-    sass.append(sorted(str(p) for p in after - before))
+    after = {(p, p.stat().st_mtime_ns) for p in dump.glob("*.sass")} if dump else set()
+    sass.append(sorted(str(p) for p, _ in after - before))
 stats = interface.CACHE.stats
 print("REPORT" + json.dumps({"sass": sass, "errors": errors, "compiles": stats.compiles,
                              "disk_loads": stats.disk_loads, "export_error": stats.last_export_error[-2000:]}))

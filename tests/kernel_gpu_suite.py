@@ -10,7 +10,8 @@ What they check: output and LSE against the fp32 reference and an fp64 truth ove
 (``kernel_sweep``: 294 random problems over 42 static configurations, the worked examples of the
 semantics doc, the three headline shapes; plus ``kernel_sweep.dilation_remainder_cases``: 42
 problems whose spatial sizes are not divisible by their dilation, run group by group), the kernel's
-visited/full tile counts against the simulator (also assembled over those groups), ``backend="auto"`` picking the kernel, CUDA-graph capture and replay, and
+visited/full tile counts against the simulator (also assembled over those groups), the same
+for 1D problems on two persistent CTAs (sm90: many work items per CTA), ``backend="auto"`` picking the kernel, CUDA-graph capture and replay, and
 ``torch.compile(fullgraph=True)`` through ``torch.ops.gna_cute.attention``.  Every configuration is
 compiled once, up front, in parallel processes (``interface.warm``), into the disk cache.
 """
@@ -30,6 +31,11 @@ from gna_cute import backends, sim
 from gna_cute.kernels import config, interface
 
 
+def _items(case: ks.Case) -> int:
+    """Tokens times heads and batch: how many work items a 1D problem has, up to a constant."""
+    return case.batch * case.heads * case.spatial[0]
+
+
 def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
     def tile_pairs(rank: int, head_dim: int):
         return config.supported_tile_shapes(arch, rank, head_dim)
@@ -47,6 +53,15 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
     )
     # one launch and several (dilation group by group) under CUDA graphs and torch.compile
     replay_cases = [cases[1], remainder[-1]]
+    # persistent CTAs (sm90, rank 1 without causal dims): forced down to two CTAs so every CTA
+    # runs many work items (the real count, the SM count, leaves small problems one item each);
+    # per static configuration the problem with the most work items, 10 configurations
+    largest: dict = {}
+    for c in random_cases + remainder:
+        if arch == 90 and c.static.rank == 1 and not any(c.static.is_causal):
+            if c.static not in largest or _items(c) > _items(largest[c.static]):
+                largest[c.static] = c
+    persistent_cases = list(largest.values())[:10]
     kernel = {
         "can_run": getattr(interface, f"can_run_{name}"),
         "forward": getattr(interface, f"forward_{name}"),
@@ -99,6 +114,18 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         expected = sim.tile_counts(args.params, cfg.q_tile_shape, cfg.kv_tile_shape)
         assert counts.dtype == np.int64 and counts.shape == expected.shape
         np.testing.assert_array_equal(counts, expected)
+
+    @pytest.mark.parametrize("case", persistent_cases, ids=[c.id for c in persistent_cases])
+    def test_persistent_ctas_many_items(case: ks.Case, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(interface, "_sm_count", lambda device: 2)
+        args = case.args()
+        assert interface.make_config(args, arch).persistent_ctas == 2
+        out, lse = kernel["forward"](args)
+        errors = ks.measure(case, args, out, lse)
+        assert errors.ok(), errors
+        cfg = interface.make_config(args, arch, count_tiles=True)
+        expected = sim.tile_counts(args.params, cfg.q_tile_shape, cfg.kv_tile_shape)
+        np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
 
     @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
     def test_auto_picks_the_kernel(case: ks.Case, compile_errors: dict) -> None:
@@ -154,6 +181,7 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         "test_headline_shapes": test_headline_shapes,
         "test_tile_counts_match_simulator": test_tile_counts_match_simulator,
         "test_auto_picks_the_kernel": test_auto_picks_the_kernel,
+        "test_persistent_ctas_many_items": test_persistent_ctas_many_items,
         "test_cuda_graph_capture_and_replay": test_cuda_graph_capture_and_replay,
         "test_torch_compile_fullgraph": test_torch_compile_fullgraph,
     }

@@ -33,6 +33,8 @@ CONFIGS = [
     _cfg("float16", 128, (3, 4, 5), (1, 2, 1), (1, 1, 2), (True, False, False)),
     # Q-tile pairs in clusters of two CTAs (the 2D block-sparse row's config): K/V multicast.
     dataclasses.replace(_cfg("float16", 128, (80, 80), (16, 16), (1, 1), (False, False)), cluster_dim=1),
+    # persistent CTAs with a double-buffered Q (the 1D rows' config): the 224 KiB of smem must fit.
+    dataclasses.replace(_cfg("float16", 128, (2048,), (1,), (1,), (False,)), persistent_ctas=132, mainloop="rotated"),
 ]
 
 
@@ -44,7 +46,7 @@ def compiled(tmp_path_factory) -> tuple[dict, dict[str, str]]:
     return run_child(CONFIGS, child_env("sm_90a", cache, dump), dump), child_env("sm_90a", cache)
 
 
-@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"{c.rank}d{'-pairs' * (c.cluster_dim >= 0)}" for c in CONFIGS])
+@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"{c.rank}d{'-pairs' * (c.cluster_dim >= 0)}{'-persistent' * (c.persistent_ctas > 0)}" for c in CONFIGS])
 def test_sass_has_hgmma_and_tma(compiled, index: int) -> None:
     report, _ = compiled
     assert not report["errors"][index], report["errors"][index]
@@ -63,3 +65,20 @@ def test_new_process_loads_from_disk(compiled) -> None:
     assert not first["export_error"], f"the compiling process could not export: {first['export_error']}"
     report = run_child(CONFIGS, env)
     assert (report["compiles"], report["disk_loads"]) == (0, len(CONFIGS))
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (dict(persistent_ctas=3), ["persistent_ctas=3", "even"]),
+        (dict(persistent_ctas=-2), ["persistent_ctas=-2"]),
+        (dict(persistent_ctas=132, mainloop="serial"), ["persistent_ctas=132", "rotated"]),
+    ],
+)
+def test_bad_persistent_config_is_refused_naming_it(changes: dict, words: list[str]) -> None:
+    from gna_cute.kernels.sm90_fwd import GNAFwdSm90
+
+    cfg = dataclasses.replace(CONFIGS[-1], **changes)
+    with pytest.raises(ValueError) as e:
+        GNAFwdSm90(cfg)
+    assert all(w in str(e.value) for w in words), str(e.value)

@@ -160,3 +160,28 @@ def test_host_layer_uses_the_choice_by_default() -> None:
     explicit = _args((32, 64), (16, 32), (16, 32), q_tile_shape=(4, 32), kv_tile_shape=(8, 8))
     cfg = interface.make_config(explicit, 90)
     assert (cfg.q_tile_shape, cfg.kv_tile_shape) == ((4, 32), (8, 8))
+
+
+@pytest.mark.parametrize(
+    "arch, params, sm_count, expected",
+    [
+        (90, GNAParams.make((32768,), 2048), 132, 132),  # 1D, measured faster persistent
+        (90, GNAParams.make((32768,), 2048, 2048), 133, 132),  # rounded down to even (CTA pairs)
+        (90, GNAParams.make((4096,), 256, 1, 2), 132, 132),  # dilation: still equal work items
+        (90, GNAParams.make((4096,), 256, 1, 1, True), 132, 0),  # causal: unequal work items
+        (90, GNAParams.make((256, 256), (80, 80)), 132, 0),  # 2D: level or slower, measured
+        (90, GNAParams.make((8, 16, 16), (3, 5, 5)), 132, 0),
+        (100, GNAParams.make((32768,), 2048), 148, 0),  # the sm100 kernel is not persistent
+        (90, GNAParams.make((32768,), 2048), 0, 0),  # no device (meta tensors without CUDA)
+    ],
+)
+def test_persistent_ctas_policy(arch: int, params: GNAParams, sm_count: int, expected: int) -> None:
+    assert tile_choice.choose_persistent_ctas(arch, params, sm_count) == expected
+
+
+def test_host_layer_sets_persistent_ctas_from_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(interface, "_sm_count", lambda device: 114)
+    assert interface.make_config(_args((4096,), 512, 1), 90).persistent_ctas == 114
+    assert interface.make_config(_args((64, 64), (16, 16), 1), 90).persistent_ctas == 0
+    monkeypatch.setattr(interface, "_sm_count", lambda device: 0)
+    assert interface.make_config(_args((4096,), 512, 1), 90).persistent_ctas == 0
