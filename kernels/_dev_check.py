@@ -80,7 +80,8 @@ VARIANTS = {
     # (the config's cluster_dim, set per problem in ``run_kernel``; the product's host layer does
     # the same through ``tile_choice.choose_cluster_dim``).
     "rotated+mc": dict(mainloop="rotated"),
-    # rotated+mc writing a per-CTA timeline into the counts argument (``trace_kernel``).
+    # writing a per-work-item timeline into the counts argument (``GNAFwdSm90(trace=True)``;
+    # docs/sm90-kernel.md, "Persistent CTAs").
     "rotated+mc+trace": dict(mainloop="rotated", trace=True),
     "rotated+trace": dict(mainloop="rotated", trace=True),
     # persistent CTAs (132 = the H100's SMs; 4: many work items per CTA, for correctness)

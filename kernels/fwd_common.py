@@ -43,6 +43,11 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def stage_box(layout: Any) -> Any:
+    """One stage (the first two modes) of a smem layout that may carry a stage mode."""
+    return layout if cute.rank(layout) == 2 else cute.select(layout, mode=[0, 1])
+
+
 def make_tma_atoms(
     mQ: cute.Tensor, mK: cute.Tensor, mV: cute.Tensor, mO: cute.Tensor, rank: int, dilation: Sequence[int],
     q_tile_shape: Sequence[int], kv_tile_shape: Sequence[int], head_dim: int, head_dim_v: int,
@@ -58,14 +63,13 @@ def make_tma_atoms(
     tiler_v = tile_views.tile_tiler(kv_tile_shape, head_dim_v)
     tiler_o = tile_views.tile_tiler(q_tile_shape, head_dim_v)
     load = cpasync.CopyBulkTensorTileG2SOp()
-    q_box = sQ_layout if cute.rank(sQ_layout) == 2 else cute.select(sQ_layout, mode=[0, 1])
-    atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load, tile_views.token_view(mQ, rank, dilation), q_box, tiler_q)
+    atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load, tile_views.token_view(mQ, rank, dilation), stage_box(sQ_layout), tiler_q)
     load_kv = cpasync.CopyBulkTensorTileG2SMulticastOp() if kv_multicast else load
     atom_K, tma_K = cpasync.make_tiled_tma_atom(
-        load_kv, tile_views.token_view(mK, rank, dilation), cute.select(sK_layout, mode=[0, 1]), tiler_k
+        load_kv, tile_views.token_view(mK, rank, dilation), stage_box(sK_layout), tiler_k
     )
     atom_V, tma_V = cpasync.make_tiled_tma_atom(
-        load_kv, tile_views.token_view(mV, rank, dilation), cute.select(sV_layout, mode=[0, 1]), tiler_v
+        load_kv, tile_views.token_view(mV, rank, dilation), stage_box(sV_layout), tiler_v
     )
     atom_O, tma_O = cpasync.make_tiled_tma_atom(
         cpasync.CopyBulkTensorTileS2GOp(), tile_views.token_view(mO, rank, dilation), sO_layout, tiler_o
@@ -73,10 +77,19 @@ def make_tma_atoms(
     return atom_Q, tma_Q, atom_K, tma_K, atom_V, tma_V, atom_O, tma_O
 
 
+def _lengths(mX: cute.Tensor, rank: int) -> list:
+    """The spatial sizes of a ``[B, *spatial, H, ...]`` tensor (Q, O or LSE)."""
+    return [mX.shape[1 + i] for i in range(rank)]
+
+
+def _total_work(geom: TileGeometry, mX: cute.Tensor, rank: int) -> Any:
+    """Work items (Q tiles x heads x batch) of a ``[B, *spatial, H, ...]`` tensor."""
+    return geom.num_work_tiles(_lengths(mX, rank)) * mX.shape[rank + 1] * mX.shape[0]
+
+
 def launch_grid(geom: TileGeometry, mQ: cute.Tensor, rank: int) -> tuple:
     """One CTA per (work tile, head, batch) of the heads-last ``mQ``."""
-    lengths = [mQ.shape[1 + i] for i in range(rank)]
-    return (geom.num_work_tiles(lengths), mQ.shape[rank + 1], mQ.shape[0])
+    return (geom.num_work_tiles(_lengths(mQ, rank)), mQ.shape[rank + 1], mQ.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,22 +105,18 @@ def _select(cond: Any, a: Any, b: Any) -> Int32:
 def persistent_grid(geom: TileGeometry, mQ: cute.Tensor, rank: int, ctas: int) -> tuple:
     """A persistent launch: ``min(work items, ctas)`` CTAs, each looping over work items
     (``ctas`` even: clusters of two CTAs take consecutive items, the two tiles of a pair)."""
-    lengths = [mQ.shape[1 + i] for i in range(rank)]
-    total = geom.num_work_tiles(lengths) * mQ.shape[rank + 1] * mQ.shape[0]
-    return (cutlass.min(total, ctas), 1, 1)
+    return (cutlass.min(_total_work(geom, mQ, rank), ctas), 1, 1)
 
 
 def persistent_work_range(geom: TileGeometry, mLSE: cute.Tensor, rank: int) -> tuple:
     """``(first, end, step)``: the linear work items (tile fastest, then head, batch) of this
     CTA of a :func:`persistent_grid`: every ``gridDim.x``-th from ``blockIdx.x``."""
-    lengths = [mLSE.shape[1 + i] for i in range(rank)]
-    total = geom.num_work_tiles(lengths) * mLSE.shape[rank + 1] * mLSE.shape[0]
-    return cute.arch.block_idx()[0], total, cute.arch.grid_dim()[0]
+    return cute.arch.block_idx()[0], _total_work(geom, mLSE, rank), cute.arch.grid_dim()[0]
 
 
 def decode_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int, w: Int32) -> tuple:
     """``(work, head, head_kv, batch)`` of linear work item ``w`` (see :func:`persistent_work_range`)."""
-    lengths = [mLSE.shape[1 + i] for i in range(rank)]
+    lengths = _lengths(mLSE, rank)
     tiles = geom.num_work_tiles(lengths)
     heads = mLSE.shape[rank + 1]
     rest = w // tiles
@@ -120,7 +129,7 @@ def decode_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank
 def block_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int) -> tuple:
     """This CTA's ``(work, head, head_kv, batch)``; GQA maps query heads onto KV heads in groups."""
     work_idx, head, batch = cute.arch.block_idx()
-    lengths = [mLSE.shape[1 + i] for i in range(rank)]
+    lengths = _lengths(mLSE, rank)
     work = QTileWork(geom, lengths, work_idx, cutlass.min, cutlass.max, _select)
     head_kv = head // (mLSE.shape[rank + 1] // num_heads_kv)
     return work, head, head_kv, batch
@@ -143,7 +152,7 @@ def qkv_pipelines(
     cls: type, storage: Any, producer: Any, consumer: Any, num_stages: int, tx_q: int, tx_k: int, tx_v: int,
     cluster: int = 1, q_stages: int = 1,
 ) -> tuple:
-    """``(pipe_q, pipe_k, pipe_v)``: TMA loads of Q (one stage) and of K and V (``num_stages``).
+    """``(pipe_q, pipe_k, pipe_v)``: TMA loads of Q (``q_stages``) and of K and V (``num_stages``).
 
     ``storage`` holds the barriers as ``mbar_q``, ``mbar_k``, ``mbar_v``.  ``cluster`` > 1: K and V
     are shared by that many CTAs (a row of the cluster), so a stage is empty only once every CTA's
@@ -171,7 +180,7 @@ def tma_tile_partition(atom: cute.CopyAtom, sX: cute.Tensor, gX: cute.Tensor) ->
 
 
 def tma_load_q(atom: cute.CopyAtom, tQgQ: cute.Tensor, tQsQ: cute.Tensor, pipe_q: Any, q_state: Any = None) -> None:
-    """Load the Q tile through its one-stage pipeline (``q_state``: a persistent CTA's position)."""
+    """Load the Q tile through its pipeline (``q_state``: a persistent CTA's position; none: stage 0)."""
     if q_state is None:
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 1)
     pipe_q.producer_acquire(q_state)

@@ -245,7 +245,7 @@ def _config_of(
     kv_tile_shape: tuple[int, ...],
     p: Any,
     count_tiles: bool,
-    sm_count: int = 0,
+    sm_count: int,
 ) -> FwdConfig:
     """The config of a problem, cached: a repeated problem costs a lookup, not ~6 us of building."""
     return FwdConfig(

@@ -166,7 +166,7 @@ class GNAFwdSm100:
             self.hdim, self.hdim, self.sQ_layout, self.sK_layout, self.sV_layout, self.sQ_layout,
         )  # O is staged in sQ
         self.tx_q = cute.size_in_bytes(self.dtype, self.sQ_layout)
-        self.tx_kv = cute.size_in_bytes(self.dtype, cute.select(self.sK_layout, mode=[0, 1]))
+        self.tx_kv = cute.size_in_bytes(self.dtype, fwd_common.stage_box(self.sK_layout))
         stages = self.num_stages
         halves = self.halves
 

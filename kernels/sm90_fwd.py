@@ -158,11 +158,6 @@ class GNAFwdSm90:
         shape = (rows, cols) if stages is None else (rows, cols, stages)
         return cute.tile_to_shape(atom, shape, order=(0, 1) if stages is None else (0, 1, 2))
 
-    @staticmethod
-    def _box(layout: Any) -> Any:
-        """One stage of a smem layout that may carry a stage mode."""
-        return layout if cute.rank(layout) == 2 else cute.select(layout, mode=[0, 1])
-
     def _make_layouts(self) -> None:
         """Swizzled smem layouts (static; rebuilt wherever used: host and device are separate IR)."""
         self.sQ_layout = self._smem_layout(self.tile_m, self.hdim, self.q_stages if self.q_stages > 1 else None)
@@ -202,9 +197,9 @@ class GNAFwdSm90:
             self.hdim, self.hdimv, self.sQ_layout, self.sK_layout, self.sV_layout, self.sO_layout,
             kv_multicast=self.cluster > 1,
         )
-        self.tx_q = cute.size_in_bytes(self.dtype, self._box(self.sQ_layout))
-        self.tx_k = cute.size_in_bytes(self.dtype, cute.select(self.sK_layout, mode=[0, 1]))
-        self.tx_v = cute.size_in_bytes(self.dtype, cute.select(self.sV_layout, mode=[0, 1]))
+        self.tx_q, self.tx_k, self.tx_v = (
+            cute.size_in_bytes(self.dtype, fwd_common.stage_box(x)) for x in (self.sQ_layout, self.sK_layout, self.sV_layout)
+        )
 
         stages = self.num_stages
         o_elems = 8 if self.alias_o else cute.cosize(self.sO_layout)  # aliased: O lives in sQ
@@ -295,10 +290,10 @@ class GNAFwdSm90:
                 )
                 if const_expr(self.trace and self.persistent == 0):
                     if cute.arch.lane_idx() == 0:
-                        self._stamp(mCounts, 0, cute.arch.smid())
-                        self._stamp(mCounts, 1, t_entry)
-                        self._stamp(mCounts, 7, cute.arch.globaltimer_lo())
-                        self._stamp(mCounts, 8, t_sync)
+                        self._stamp(0, cute.arch.smid())
+                        self._stamp(1, t_entry)
+                        self._stamp(7, cute.arch.globaltimer_lo())
+                        self._stamp(8, t_sync)
         else:
             cute.arch.setmaxregister_increase(self.num_mma_regs)
             self.consume(
@@ -333,8 +328,8 @@ class GNAFwdSm90:
                 self._set_trace_item(w)
                 if const_expr(self.trace):
                     if cute.arch.lane_idx() == 0:
-                        self._stamp(self._trace_t, 0, cute.arch.smid())
-                        self._stamp(self._trace_t, 1, cute.arch.globaltimer_lo())
+                        self._stamp(0, cute.arch.smid())
+                        self._stamp(1, cute.arch.globaltimer_lo())
                 work, head, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
                 k_state, v_state = self._load_tile(work, head, head_kv, batch, *tile_args, q_state, k_state, v_state)
                 q_state.advance()
@@ -504,12 +499,12 @@ class GNAFwdSm90:
         self.epilogue(work, head, batch, acc_O, lse, row_coords, col_coords[0], tidx, sO, tma_atom_O, tma_O, mLSE)
         if const_expr(self.trace):
             if tidx == 0:
-                self._stamp(mCounts, 2, t_q)
-                self._stamp(mCounts, 4, t_loop)
-                self._stamp(mCounts, 5, cute.arch.globaltimer_lo())
-                self._stamp(mCounts, 6, work.num_kv_tiles)
-                self._stamp(mCounts, 11, t_centry)
-                self._stamp(mCounts, 12, t_prolog)
+                self._stamp(2, t_q)
+                self._stamp(4, t_loop)
+                self._stamp(5, cute.arch.globaltimer_lo())
+                self._stamp(6, work.num_kv_tiles)
+                self._stamp(11, t_centry)
+                self._stamp(12, t_prolog)
         if const_expr(self.cfg.count_tiles):
             if tidx == 0 and batch == 0 and head == 0:
                 idx = (*work.group, *work.q_tile_idx)
@@ -526,17 +521,18 @@ class GNAFwdSm90:
         """Trace mode, producer warp: stamp ``slot`` from lane 0."""
         if const_expr(self.trace):
             if cute.arch.lane_idx() == 0:
-                self._stamp(self._trace_t, slot, cute.arch.globaltimer_lo())
+                self._stamp(slot, cute.arch.globaltimer_lo())
 
-    def _stamp(self, mTrace: cute.Tensor, slot: int, value: Int32) -> None:
-        """Trace mode: ``mTrace[cta, slot] = value`` (CTA = linear block index)."""
+    def _stamp(self, slot: int, value: Int32) -> None:
+        """Trace mode: ``trace[item, slot] = value`` in the counts argument; the item is the CTA's
+        linear block index, or a persistent CTA's current work item."""
         if const_expr(self.persistent > 0):
             cta = self._trace_item  # the work item
         else:
             bx, by, bz = cute.arch.block_idx()
             gx, gy, _ = cute.arch.grid_dim()
             cta = bx + gx * (by + gy * bz)
-        mTrace[(cta, slot, *([0] * (2 * self.rank - 1)))] = Int32(value)
+        self._trace_t[(cta, slot, *([0] * (2 * self.rank - 1)))] = Int32(value)
 
     def _scores(
         self, acc_S: cute.Tensor, kv: list, masked: bool, windows: RowWindows, col_coords: list,
@@ -611,7 +607,7 @@ class GNAFwdSm90:
         if const_expr(self.trace):
             pipe_k.consumer_wait(state)
             if cute.arch.thread_idx()[0] == 128:
-                self._stamp(self._trace_t, 13, cute.arch.globaltimer_lo())
+                self._stamp(13, cute.arch.globaltimer_lo())
         self._qk(acc_S, tSrQ, tSrK, pipe_k, state)
         self._scores(acc_S, kv, masked, windows, col_coords, softmax, row_scale)
         rescale_rows(acc_O, row_scale)
@@ -699,7 +695,7 @@ class GNAFwdSm90:
             self._rotated_first(work.full_tile(0), False, *step, state)
         if const_expr(self.trace):
             if cute.arch.thread_idx()[0] == 128:
-                self._stamp(self._trace_t, 14, cute.arch.globaltimer_lo())
+                self._stamp(14, cute.arch.globaltimer_lo())
         for j in cutlass.range(1, num_partial, unroll=1):
             state = self._rotated_step(wg, work.partial_tile, j, True, *step, state)
         # The full tiles; the first one was peeled above when there is no partial tile.
