@@ -89,9 +89,13 @@ VARIANTS = {
     "rotated+mc+pers": dict(mainloop="rotated", persistent_ctas=132),
     "rotated+mc+pers4": dict(mainloop="rotated", persistent_ctas=4),
     "rotated+mc+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
+    # the other epilogue: one per warpgroup (split) with one CTA per item, whole-tile when persistent
+    "rotated+mc+split": dict(mainloop="rotated", split_epilogue=True),
+    "rotated+mc+pers+whole": dict(mainloop="rotated", persistent_ctas=132, split_epilogue=False),
 }
 #: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
-PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4", "rotated+mc+pers+trace")
+PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4", "rotated+mc+pers+trace",
+                   "rotated+mc+split", "rotated+mc+pers+whole")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 

@@ -52,16 +52,18 @@ def make_tma_atoms(
     mQ: cute.Tensor, mK: cute.Tensor, mV: cute.Tensor, mO: cute.Tensor, rank: int, dilation: Sequence[int],
     q_tile_shape: Sequence[int], kv_tile_shape: Sequence[int], head_dim: int, head_dim_v: int,
     sQ_layout: Any, sK_layout: Any, sV_layout: Any, sO_layout: Any, kv_multicast: bool = False,
+    o_tile_shape: Sequence[int] | None = None,
 ) -> tuple:
     """``(atom_Q, tma_Q, atom_K, tma_K, atom_V, tma_V, atom_O, tma_O)``: loads of Q, K, V, store of O.
 
-    The Q/K/V layouts may carry a stage mode; one box is their first two modes.  ``kv_multicast``:
-    K and V load whole boxes that one CTA of a cluster multicasts to all of them.
+    The smem layouts may carry a stage mode; one box is their first two modes.  ``kv_multicast``:
+    K and V load whole boxes that one CTA of a cluster multicasts to all of them.  ``o_tile_shape``:
+    the O store's box (default the Q tile; sm90 stores each warpgroup's half on its own).
     """
     tiler_q = tile_views.tile_tiler(q_tile_shape, head_dim)
     tiler_k = tile_views.tile_tiler(kv_tile_shape, head_dim)
     tiler_v = tile_views.tile_tiler(kv_tile_shape, head_dim_v)
-    tiler_o = tile_views.tile_tiler(q_tile_shape, head_dim_v)
+    tiler_o = tile_views.tile_tiler(q_tile_shape if o_tile_shape is None else o_tile_shape, head_dim_v)
     load = cpasync.CopyBulkTensorTileG2SOp()
     atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load, tile_views.token_view(mQ, rank, dilation), stage_box(sQ_layout), tiler_q)
     load_kv = cpasync.CopyBulkTensorTileG2SMulticastOp() if kv_multicast else load
@@ -72,7 +74,7 @@ def make_tma_atoms(
         load_kv, tile_views.token_view(mV, rank, dilation), stage_box(sV_layout), tiler_v
     )
     atom_O, tma_O = cpasync.make_tiled_tma_atom(
-        cpasync.CopyBulkTensorTileS2GOp(), tile_views.token_view(mO, rank, dilation), sO_layout, tiler_o
+        cpasync.CopyBulkTensorTileS2GOp(), tile_views.token_view(mO, rank, dilation), stage_box(sO_layout), tiler_o
     )
     return atom_Q, tma_Q, atom_K, tma_K, atom_V, tma_V, atom_O, tma_O
 

@@ -2,7 +2,7 @@
 
 One process compiles one configuration per rank through the real host layer with SASS dumps on
 (``compile_check``); the test reads the SASS for warpgroup MMA (``HGMMA``) and TMA loads
-(``UTMALDG``).  A second process, same disk cache, must load all three without compiling (the
+(``UTMALDG``).  A second process, same disk cache, must load them all without compiling (the
 persistent compile cache).
 """
 
@@ -35,6 +35,9 @@ CONFIGS = [
     dataclasses.replace(_cfg("float16", 128, (80, 80), (16, 16), (1, 1), (False, False)), cluster_dim=1),
     # persistent CTAs with a double-buffered Q (the 1D rows' config): the 224 KiB of smem must fit.
     dataclasses.replace(_cfg("float16", 128, (2048,), (1,), (1,), (False,)), persistent_ctas=132, mainloop="rotated"),
+    # persistent in 3D (dilated, bf16, D = 64): each warpgroup stores its half of the 2x8x8 Q box.
+    dataclasses.replace(_cfg("bfloat16", 64, (3, 4, 5), (1, 2, 1), (1, 1, 2), (False, False, False)),
+                        persistent_ctas=132, mainloop="rotated"),
 ]
 
 
@@ -78,7 +81,18 @@ def test_new_process_loads_from_disk(compiled) -> None:
 def test_bad_persistent_config_is_refused_naming_it(changes: dict, words: list[str]) -> None:
     from gna_cute.kernels.sm90_fwd import GNAFwdSm90
 
-    cfg = dataclasses.replace(CONFIGS[-1], **changes)
+    cfg = dataclasses.replace(CONFIGS[-2], **changes)
     with pytest.raises(ValueError) as e:
         GNAFwdSm90(cfg)
     assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_split_epilogue_needs_an_even_first_dim() -> None:
+    """Each warpgroup stores half of the Q box along dim 0: an odd dim 0 is refused, naming it."""
+    from gna_cute.kernels.sm90_fwd import GNAFwdSm90
+
+    cfg = dataclasses.replace(CONFIGS[1], q_tile_shape=(1, 128), kv_tile_shape=(1, 128))
+    GNAFwdSm90(cfg)  # the default (one CTA per item) stores the whole box
+    with pytest.raises(ValueError) as e:
+        GNAFwdSm90(cfg, split_epilogue=True)
+    assert "q_tile_shape=(1, 128)" in str(e.value) and "even" in str(e.value), str(e.value)
