@@ -47,6 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="list problems and providers, run nothing")
     p.add_argument("--out", type=Path, help="output folder (default bench/results/<device>/)")
     p.add_argument("--runs", type=int, default=30, help="timed calls per provider (>= 20)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved timing rounds per problem: every provider's runs are split over them, "
+                        "the order reversed every other round (the GPU's clocks wander under its power cap)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--graphs", action="store_true", help="time CUDA-graph replays of each call")
     p.add_argument("--no-l2-flush", action="store_true")
@@ -107,9 +110,13 @@ def _dry_run(problems: list[P.Problem], providers: list) -> int:
 def main(args: argparse.Namespace) -> int:
     from . import providers as prov_mod
 
+    from . import runner
+
     try:
         stem, problems = problems_from_args(args)
         providers = prov_mod.select(args.providers)
+        settings = runner.Settings(runs=args.runs, rounds=args.rounds, warmup=args.warmup, use_graph=args.graphs,
+                                   flush_l2=not args.no_l2_flush, err_heads=args.err_heads)
     except ValueError as e:
         print(f"gna-cute bench: {e}", file=sys.stderr)
         return 2
@@ -122,10 +129,7 @@ def main(args: argparse.Namespace) -> int:
         print("gna-cute bench: no CUDA device (use --dry-run to list problems and providers)",
               file=sys.stderr)
         return 2
-    from . import results, runner
-
-    settings = runner.Settings(runs=args.runs, warmup=args.warmup, use_graph=args.graphs,
-                               flush_l2=not args.no_l2_flush, err_heads=args.err_heads)
+    from . import results
     env = results.collect_env()
     print(f"gna-cute bench {stem}: {len(problems)} problems x {len(providers)} providers on "
           f"{env['device']} (torch {env['torch']}, CuTe DSL {env['cutlass_dsl']}, FA4 {env['flash_attn_4']})",

@@ -2,9 +2,10 @@
 
 Per problem: one set of random inputs shared by every provider; the reference output (first
 ``err_heads`` heads) computed once, outside timing; then each provider is set up (untimed), called
-once (compilation, also untimed: reported as ``first_call_s``), checked against the reference,
-and timed with :func:`timing.time_fn`.  The derived columns (speedups, useful TFLOP/s, fraction of
-the simulator's tile bound) are filled once every provider of the problem has run.
+once (compilation, also untimed: reported as ``first_call_s``) and checked against the reference;
+then all of them are timed together in interleaved rounds (:func:`timing.time_interleaved`).  The
+derived columns (speedups, useful TFLOP/s, fraction of the simulator's tile bound) are filled once
+every provider of the problem has run.
 """
 
 from __future__ import annotations
@@ -24,11 +25,20 @@ from .providers import Prepared, Refused, reference_output
 @dataclass(frozen=True)
 class Settings:
     runs: int = 30
+    rounds: int = 3  # interleaved timing rounds per problem (each provider's runs split over them)
     warmup: int = 3
     use_graph: bool = False
     flush_l2: bool = True
     err_heads: int = 1  # heads compared with the reference (the reference is slow on big rows)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.runs < timing.MIN_RUNS:
+            raise ValueError(f"runs={self.runs} must be >= {timing.MIN_RUNS}")
+        if not 1 <= self.rounds <= self.runs // 2:
+            raise ValueError(f"rounds={self.rounds} must be between 1 and runs // 2 = {self.runs // 2}")
+        if self.warmup < 1:
+            raise ValueError(f"warmup={self.warmup} must be >= 1")
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -61,6 +71,7 @@ def run_problem(problem: Problem, providers: list[Any], settings: Settings,
     torch.cuda.synchronize()
     log(f"  reference ({h} head{'s' if h > 1 else ''}) {time.perf_counter() - t0:.1f} s")
 
+    timed: list[tuple[dict, Any, Prepared, tuple | None]] = []  # (row, provider, prepared, cache key)
     for prov in providers:
         row: dict = {"problem": problem.name, "provider": prov.name, "role": prov.role}
         rows.append(row)
@@ -69,7 +80,6 @@ def run_problem(problem: Problem, providers: list[Any], settings: Settings,
             row.update(status="skipped", reason=reason)
             continue
         key = (prov.name, _timing_key(problem)) if prov.role == "baseline" else None
-        prep: Prepared | None = None
         try:
             if key in timing_cache and not problem.is_dense:
                 row.update(status="ok", info={"timing": "shared with an earlier row of the same sizes"},
@@ -85,30 +95,39 @@ def run_problem(problem: Problem, providers: list[Any], settings: Settings,
                 row["max_err"] = _max_error(prep.output(), ref, h, prep.error_region)
                 if prep.error_region is not None:
                     prep.info["error_over"] = "queries away from the borders"
-            tm = timing.time_fn(prep.fn, settings.runs, settings.warmup, settings.use_graph,
-                                settings.flush_l2)
-            measured = {"ms": tm.median_ms, "q1_ms": tm.q1_ms, "q3_ms": tm.q3_ms, "runs": tm.runs,
-                        "method": tm.method, "host_us": tm.host_us}
-            if key is not None:
-                timing_cache[key] = measured
-            row.update(status="ok", info=prep.info, **measured)
-            log(f"  {prov.name:12s} {tm.median_ms:9.3f} ms  (IQR {100 * tm.spread:.1f} %, host "
-                f"{tm.host_us:.0f} us, first call {row['first_call_s']} s)")
-        except Refused as e:
-            row.update(status="skipped", reason=str(e))
-            log(f"  {prov.name:12s} skipped: {e}")
+            timed.append((row, prov, prep, key))
         except Exception as e:  # one provider's failure must not lose the other rows
-            row.update(status="failed", reason=f"{type(e).__name__}: {str(e)[:300]}")
-            log(f"  {prov.name:12s} FAILED: {type(e).__name__}: {str(e)[:300]}")
-            log(traceback.format_exc(limit=4))
-        finally:
-            del prep
-            torch.cuda.empty_cache()
-    del q, k, v, ref
+            _failed(row, prov, e, log)
+
+    results = timing.time_interleaved([p.fn for _, _, p, _ in timed], settings.runs, settings.rounds,
+                                      settings.warmup, settings.use_graph, settings.flush_l2)
+    for (row, prov, prep, key), tm in zip(timed, results):
+        if isinstance(tm, Exception):
+            _failed(row, prov, tm, log)
+            continue
+        measured = {"ms": tm.median_ms, "q1_ms": tm.q1_ms, "q3_ms": tm.q3_ms, "runs": tm.runs,
+                    "method": tm.method, "host_us": tm.host_us}
+        if key is not None:
+            timing_cache[key] = measured
+        row.update(status="ok", info=prep.info, **measured)
+        log(f"  {prov.name:12s} {tm.median_ms:9.3f} ms  (IQR {100 * tm.spread:.1f} %, host "
+            f"{tm.host_us:.0f} us, first call {row['first_call_s']} s)")
+    del timed, results, q, k, v, ref
     torch.cuda.empty_cache()
     _derive(problem, rows)
     rows.extend(_sim_rows(problem, rows))
     return rows
+
+
+def _failed(row: dict, prov: Any, e: Exception, log: Callable[[str], None]) -> None:
+    """A provider's row after an exception: skipped when it refused the problem, else failed."""
+    if isinstance(e, Refused):
+        row.update(status="skipped", reason=str(e))
+        log(f"  {prov.name:12s} skipped: {e}")
+        return
+    row.update(status="failed", reason=f"{type(e).__name__}: {str(e)[:300]}")
+    log(f"  {prov.name:12s} FAILED: {type(e).__name__}: {str(e)[:300]}")
+    log("".join(traceback.format_exception(type(e), e, e.__traceback__, limit=4)))
 
 
 def _timing_key(problem: Problem) -> tuple:

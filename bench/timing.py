@@ -10,6 +10,9 @@ Why it looks like this:
 * The L2 is flushed between iterations (a write over a buffer larger than L2), so no provider
   gets its inputs from the previous iteration's cache.
 * Median and quartiles of >= 20 timed calls; optionally each call is a CUDA-graph replay.
+* The providers of one problem are timed in interleaved rounds (:func:`time_interleaved`): the
+  H100 hits its power cap under sustained load and its clocks wander, so back-to-back blocks would
+  hand each provider a different clock.
 * Host overhead per call (Python + launch, no GPU wait) is measured on its own.
 """
 
@@ -125,20 +128,25 @@ def capture_graph(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def time_fn(
-    fn: Callable[[], object],
-    runs: int = 30,
-    warmup: int = 3,
-    use_graph: bool = False,
-    flush_l2: bool = True,
-    measure_host: bool = True,
-) -> Timing:
-    """Median GPU time of ``fn()`` over ``runs`` (>= 20) calls; see the module docstring."""
+@dataclass
+class _Subject:
+    """One provider's call while it is being timed: what is replayed, how long to park ahead of
+    it, and the GPU times collected so far."""
+
+    call: Callable[[], object]
+    method: str
+    host_us: float | None
+    park_ms: float
+    runs: int
+    samples: list[float]
+
+
+def _prepare(fn: Callable[[], object], runs: int, warmup: int, use_graph: bool, measure_host: bool) -> _Subject:
+    """Warm ``fn`` up, measure its host time, capture it into a graph if asked; nothing timed yet."""
     if runs < MIN_RUNS:
         raise ValueError(f"runs={runs} must be >= {MIN_RUNS}")
     if warmup < 1:
         raise ValueError(f"warmup={warmup} must be >= 1")
-    env = _env()
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -162,16 +170,80 @@ def time_fn(
     # Park long enough to hide the host work of one iteration (flush + events + launch).
     call_host_us = host_us if (measure_host and call is fn) else host_overhead_us(call, calls)
     park_ms = max(0.2, 3e-3 * call_host_us + 0.1)
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    for i in range(runs):
-        env.park(park_ms)
+    return _Subject(call, method, host_us, park_ms, runs, [])
+
+
+def _sample(subject: _Subject, n: int, flush_l2: bool) -> None:
+    """``n`` more timed calls of ``subject``, each parked behind and (``flush_l2``) after a flush."""
+    env = _env()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for i in range(n):
+        env.park(subject.park_ms)
         if flush_l2:
             env.flush()
         starts[i].record()
-        call()
+        subject.call()
         ends[i].record()
     torch.cuda.synchronize()
-    ms = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    subject.samples.extend(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def _summary(subject: _Subject) -> Timing:
+    ms = sorted(subject.samples)
     q = statistics.quantiles(ms, n=4)
-    return Timing(statistics.median(ms), q[0], q[2], ms[0], ms[-1], runs, method, host_us)
+    return Timing(statistics.median(ms), q[0], q[2], ms[0], ms[-1], len(ms), subject.method, subject.host_us)
+
+
+def time_fn(
+    fn: Callable[[], object],
+    runs: int = 30,
+    warmup: int = 3,
+    use_graph: bool = False,
+    flush_l2: bool = True,
+    measure_host: bool = True,
+) -> Timing:
+    """Median GPU time of ``fn()`` over ``runs`` (>= 20) calls; see the module docstring."""
+    subject = _prepare(fn, runs, warmup, use_graph, measure_host)
+    _sample(subject, subject.runs, flush_l2)
+    return _summary(subject)
+
+
+def time_interleaved(
+    fns: list[Callable[[], object]],
+    runs: int = 30,
+    rounds: int = 3,
+    warmup: int = 3,
+    use_graph: bool = False,
+    flush_l2: bool = True,
+) -> list[Timing | Exception]:
+    """Like :func:`time_fn` for several providers of one problem, their ``runs`` calls spread over
+    ``rounds`` alternating rounds (the order reversed every other round).
+
+    Why: under sustained load the H100 runs into its power cap and its clocks wander by 10-25 %
+    over a second or two; timed back to back, whichever provider runs in a slow stretch loses by
+    that much.  Interleaved rounds give every provider a share of the same stretches.  A provider
+    that fails is returned as its exception; the others go on.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    subjects: list[_Subject | Exception] = []
+    for fn in fns:
+        try:
+            subjects.append(_prepare(fn, runs, warmup, use_graph, measure_host=True))
+        except Exception as e:  # noqa: BLE001 - reported in that provider's row
+            torch.cuda.synchronize()
+            subjects.append(e)
+    for r in range(rounds):
+        order = range(len(subjects)) if r % 2 == 0 else reversed(range(len(subjects)))
+        for i in order:
+            subject = subjects[i]
+            if isinstance(subject, Exception):
+                continue
+            n = -(-subject.runs // rounds)
+            try:
+                _sample(subject, n, flush_l2)
+            except Exception as e:  # noqa: BLE001
+                torch.cuda.synchronize()
+                subjects[i] = e
+    return [x if isinstance(x, Exception) else _summary(x) for x in subjects]

@@ -307,6 +307,31 @@ def test_time_fn_reports_gpu_time_not_host_time():
 
 
 @pytest.mark.gpu
+def test_interleaved_rounds_time_each_provider_and_keep_going_past_a_failure():
+    from gna_cute.bench import timing
+
+    env = timing._env()
+
+    def boom():
+        raise RuntimeError("provider broke")
+
+    short, broken, long_ = timing.time_interleaved(
+        [lambda: env.park(0.2), boom, lambda: env.park(0.6)], runs=21, rounds=4, warmup=1)
+    assert isinstance(broken, RuntimeError)
+    assert short.runs == long_.runs == 24  # ceil(21 / 4) calls in each of the 4 rounds
+    assert 0.15 < short.median_ms < 0.4 and 0.5 < long_.median_ms < 0.9, (short, long_)
+
+
+@pytest.mark.parametrize("kw, word", [(dict(runs=10), "runs=10"), (dict(rounds=0), "rounds=0"),
+                                      (dict(runs=20, rounds=11), "rounds=11"), (dict(warmup=0), "warmup=0")])
+def test_bad_settings_are_refused_naming_them(kw: dict, word: str) -> None:
+    from gna_cute.bench import runner
+
+    with pytest.raises(ValueError, match=word):
+        runner.Settings(**kw)
+
+
+@pytest.mark.gpu
 def test_every_provider_matches_the_reference_on_gpu():
     from gna_cute.bench import runner
 
