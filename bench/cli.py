@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="list problems and providers, run nothing")
     p.add_argument("--out", type=Path, help="output folder (default bench/results/<device>/)")
     p.add_argument("--runs", type=int, default=30, help="timed calls per provider (>= 20)")
-    p.add_argument("--rounds", type=int, default=3,
+    p.add_argument("--rounds", type=int, default=10,
                    help="interleaved timing rounds per problem: every provider's runs are split over them, "
                         "the order reversed every other round (the GPU's clocks wander under its power cap)")
     p.add_argument("--warmup", type=int, default=3)

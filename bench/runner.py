@@ -25,7 +25,7 @@ from .providers import Prepared, Refused, reference_output
 @dataclass(frozen=True)
 class Settings:
     runs: int = 30
-    rounds: int = 3  # interleaved timing rounds per problem (each provider's runs split over them)
+    rounds: int = 10  # interleaved timing rounds per problem (each provider's runs split over them)
     warmup: int = 3
     use_graph: bool = False
     flush_l2: bool = True

@@ -212,7 +212,7 @@ def time_fn(
 def time_interleaved(
     fns: list[Callable[[], object]],
     runs: int = 30,
-    rounds: int = 3,
+    rounds: int = 10,
     warmup: int = 3,
     use_graph: bool = False,
     flush_l2: bool = True,
