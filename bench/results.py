@@ -217,7 +217,9 @@ def markdown(record: RunRecord) -> str:
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in record.settings.items()) + ".",
         "Times are GPU medians (CUDA events, GPU kept busy ahead of each call, L2 flushed between "
-        "calls); `host us` is the Python launch cost per call, measured separately. "
+        "calls" + (f"; each problem's providers timed in {record.settings['rounds']} interleaved rounds"
+                   if record.settings.get("rounds", 1) > 1 else "; providers timed one after another")
+        + "); `host us` is the Python launch cost per call, measured separately. "
         "`x cuDNN` = cuDNN dense time / this time; `% tile bound` = `x cuDNN` / the simulator's "
         "tile-wise bound; `x own dense` = our dense run of the same sizes / this time (with its "
         "fraction of the tile bound); useful TFLOP/s count attended pairs only (pairs x 4 x D). "
