@@ -232,7 +232,6 @@ def time_interleaved(
         try:
             subjects.append(_prepare(fn, runs, warmup, use_graph, measure_host=True))
         except Exception as e:  # noqa: BLE001 - reported in that provider's row
-            torch.cuda.synchronize()
             subjects.append(e)
     for r in range(rounds):
         order = range(len(subjects)) if r % 2 == 0 else reversed(range(len(subjects)))
@@ -244,6 +243,5 @@ def time_interleaved(
             try:
                 _sample(subject, n, flush_l2)
             except Exception as e:  # noqa: BLE001
-                torch.cuda.synchronize()
                 subjects[i] = e
     return [x if isinstance(x, Exception) else _summary(x) for x in subjects]
