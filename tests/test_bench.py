@@ -322,6 +322,42 @@ def test_interleaved_rounds_time_each_provider_and_keep_going_past_a_failure():
     assert 0.15 < short.median_ms < 0.4 and 0.5 < long_.median_ms < 0.9, (short, long_)
 
 
+def test_interleaved_rounds_alternate_the_order_and_isolate_failures(monkeypatch):
+    """CPU: the round structure of ``time_interleaved`` with the GPU parts replaced."""
+    from gna_cute.bench import timing
+
+    calls = []
+
+    def prepare(fn, runs, warmup, use_graph, measure_host):
+        fn()  # a provider that fails here is reported, not timed
+        return timing._Subject(fn, "events", 1.0, 0.2, runs, [])
+
+    def sample(subject, n, flush_l2):
+        calls.append((subject.call.__name__, n))
+        if subject.call.__name__ == "c" and len(calls) > 4:
+            raise RuntimeError("c broke in round 2")
+        subject.samples.extend([1.0] * n)
+
+    def a():
+        pass
+
+    def b():
+        raise ValueError("b cannot start")
+
+    def c():
+        pass
+
+    def d():
+        pass
+
+    monkeypatch.setattr(timing, "_prepare", prepare)
+    monkeypatch.setattr(timing, "_sample", sample)
+    ta, tb, tc, td = timing.time_interleaved([a, b, c, d], runs=30, rounds=3)
+    assert calls == [("a", 10), ("c", 10), ("d", 10), ("d", 10), ("c", 10), ("a", 10), ("a", 10), ("d", 10)]
+    assert isinstance(tb, ValueError) and isinstance(tc, RuntimeError)
+    assert ta.runs == 30 and td.runs == 30
+
+
 @pytest.mark.parametrize("kw, word", [(dict(runs=10), "runs=10"), (dict(rounds=0), "rounds=0"),
                                       (dict(runs=20, rounds=11), "rounds=11"), (dict(warmup=0), "warmup=0")])
 def test_bad_settings_are_refused_naming_them(kw: dict, word: str) -> None:
