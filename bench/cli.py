@@ -129,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
         print("gna-cute bench: no CUDA device (use --dry-run to list problems and providers)",
               file=sys.stderr)
         return 2
-    from . import results
+    from . import clocks, results
     env = results.collect_env()
     print(f"gna-cute bench {stem}: {len(problems)} problems x {len(providers)} providers on "
           f"{env['device']} (torch {env['torch']}, CuTe DSL {env['cutlass_dsl']}, FA4 {env['flash_attn_4']})",
@@ -142,9 +142,11 @@ def main(args: argparse.Namespace) -> int:
         return results.RunRecord(stem, env, {**settings.as_dict(), "wall_s": round(time.perf_counter() - t0, 1)},
                                  summaries, rows)
 
-    rows = runner.run(problems, providers, settings, log=lambda s: print(s, flush=True),
-                      after_problem=lambda rows: results.save(record_of(rows), out_dir, stem, with_plots=False),
-                      max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
+    with clocks.ClockLog(clocks.nvidia_smi_id(torch.cuda.current_device())) as clock_log:
+        rows = runner.run(problems, providers, settings, log=lambda s: print(s, flush=True),
+                          after_problem=lambda rows: results.save(record_of(rows), out_dir, stem, with_plots=False),
+                          max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
+    clocks.annotate(rows, clock_log.samples)
     record = record_of(rows)
     paths = results.save(record, out_dir, stem, with_plots=not args.no_plots)
     print()

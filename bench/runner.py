@@ -99,8 +99,10 @@ def run_problem(problem: Problem, providers: list[Any], settings: Settings,
         except Exception as e:  # one provider's failure must not lose the other rows
             _failed(row, prov, e, log)
 
+    window = [time.time()]
     results = timing.time_interleaved([p.fn for _, _, p, _ in timed], settings.runs, settings.rounds,
                                       settings.warmup, settings.use_graph, settings.flush_l2)
+    window.append(time.time())  # wall clock: matched with nvidia-smi's samples (clocks.annotate)
     for (row, prov, prep, key), tm in zip(timed, results):
         if isinstance(tm, Exception):
             _failed(row, prov, tm, log)
@@ -109,7 +111,7 @@ def run_problem(problem: Problem, providers: list[Any], settings: Settings,
                     "method": tm.method, "host_us": tm.host_us}
         if key is not None:
             timing_cache[key] = measured
-        row.update(status="ok", info=prep.info, **measured)
+        row.update(status="ok", info=prep.info, timed_window=window, **measured)
         log(f"  {prov.name:12s} {tm.median_ms:9.3f} ms  (IQR {100 * tm.spread:.1f} %, host "
             f"{tm.host_us:.0f} us, first call {row['first_call_s']} s)")
     del timed, results, q, k, v, ref

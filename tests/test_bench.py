@@ -389,3 +389,43 @@ def test_time_budget_skips_remaining_problems_without_running():
     assert len(rows) == 2 * len(providers.all_providers())
     assert all(r["status"] == "skipped" and "time budget" in r["reason"] for r in rows)
     assert len(seen) == 2
+
+
+def test_clock_lines_parse_and_summarize_per_window():
+    from gna_cute.bench import clocks
+
+    s = clocks.parse_line("2026/11/24 00:26:05.100, 1500, 612.30, 0x0000000000000004")
+    assert (s.sm_mhz, s.power_w, s.reasons) == (1500.0, 612.3, 4)
+    assert clocks.parse_line("2026/11/24 00:26:05.150, 1980, [N/A], 0x0000000000000000").power_w is None
+    assert clocks.parse_line("Failed to initialize NVML") is None
+    t = s.t
+    samples = [clocks.Sample(t + i * 0.05, mhz, 600.0, reason)
+               for i, (mhz, reason) in enumerate([(1980, 0), (1500, 4), (1125, 4), (1600, 0x80), (1980, 1)])]
+    stats = clocks.summarize(samples, t + 0.04, t + 0.16)  # the 2nd-4th samples
+    assert stats == {"sm_mhz_median": 1500, "sm_mhz_min": 1125, "sm_mhz_max": 1600, "power_capped_pct": 100.0,
+                     "samples": 3}
+    assert clocks.summarize(samples, t + 1, t + 2) is None
+    rows = [{"provider": "a", "info": {"x": 1}, "timed_window": [t, t + 0.11]}, {"provider": "b"}]
+    clocks.annotate(rows, samples)
+    assert rows[0]["clock"]["samples"] == 3 and rows[0]["info"]["sm clock"] == "1500 MHz (1125-1980), power cap 67 %"
+    assert rows[0]["info"]["x"] == 1 and "clock" not in rows[1]
+
+
+def test_clock_log_reads_a_sampler_and_survives_its_absence(tmp_path, monkeypatch):
+    import time
+
+    from gna_cute.bench import clocks
+
+    fake = tmp_path / "fake-smi"
+    fake.write_text("#!/bin/sh\n"
+                    "echo '2026/11/24 00:26:05.100, 1500, 612.30, 0x0000000000000004'\n"
+                    "echo '2026/11/24 00:26:05.150, 1980, 120.00, 0x0000000000000000'\n"
+                    "exec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    with clocks.ClockLog("0", command="fake-smi") as log:
+        time.sleep(0.3)
+    assert [s.sm_mhz for s in log.samples] == [1500.0, 1980.0]
+    with clocks.ClockLog("0", command="no-such-sampler") as log:
+        pass
+    assert log.samples == []
