@@ -104,11 +104,14 @@ class ClockLog:
         if exe is not None:
             self._out = Path(tempfile.mkstemp(prefix="gna_cute_clocks_", suffix=".csv")[1])
             self._file = self._out.open("w")
-            self._proc = subprocess.Popen(
-                [exe, f"--query-gpu={QUERY}", "--format=csv,noheader,nounits", "-lms", str(self.period_ms),
-                 "-i", self.device],
-                stdout=self._file, stderr=subprocess.DEVNULL,
-            )
+            try:
+                self._proc = subprocess.Popen(
+                    [exe, f"--query-gpu={QUERY}", "--format=csv,noheader,nounits", "-lms", str(self.period_ms),
+                     "-i", self.device],
+                    stdout=self._file, stderr=subprocess.DEVNULL,
+                )
+            except OSError:  # a sampler that cannot start leaves the results without clocks
+                self._proc = None
         return self
 
     def __exit__(self, *exc: object) -> None:
