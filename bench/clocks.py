@@ -84,8 +84,13 @@ def nvidia_smi_id(index: int) -> str:
 
     if torch.cuda.device_count() == 1 and not os.environ.get("CUDA_VISIBLE_DEVICES"):
         return str(index)
-    uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
-    return uuid if uuid.startswith("GPU-") or not uuid else f"GPU-{uuid}"
+    try:
+        uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+    except (RuntimeError, AssertionError):
+        uuid = ""
+    if not uuid:
+        return str(index)
+    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
 
 
 class ClockLog:
