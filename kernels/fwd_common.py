@@ -116,25 +116,25 @@ def persistent_work_range(geom: TileGeometry, mLSE: cute.Tensor, rank: int) -> t
     return cute.arch.block_idx()[0], _total_work(geom, mLSE, rank), cute.arch.grid_dim()[0]
 
 
+def _work_of(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int, tile: Int32, head: Int32,
+             batch: Int32) -> tuple:
+    """``(work, head, head_kv, batch)`` of work tile ``tile``; GQA maps query heads onto KV heads
+    in groups."""
+    work = QTileWork(geom, _lengths(mLSE, rank), tile, cutlass.min, cutlass.max, _select)
+    return work, head, head // (mLSE.shape[rank + 1] // num_heads_kv), batch
+
+
 def decode_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int, w: Int32) -> tuple:
     """``(work, head, head_kv, batch)`` of linear work item ``w`` (see :func:`persistent_work_range`)."""
-    lengths = _lengths(mLSE, rank)
-    tiles = geom.num_work_tiles(lengths)
+    tiles = geom.num_work_tiles(_lengths(mLSE, rank))
     heads = mLSE.shape[rank + 1]
     rest = w // tiles
-    work = QTileWork(geom, lengths, w - rest * tiles, cutlass.min, cutlass.max, _select)
-    head = rest % heads
-    head_kv = head // (heads // num_heads_kv)
-    return work, head, head_kv, rest // heads
+    return _work_of(geom, mLSE, num_heads_kv, rank, w - rest * tiles, rest % heads, rest // heads)
 
 
 def block_work(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int) -> tuple:
-    """This CTA's ``(work, head, head_kv, batch)``; GQA maps query heads onto KV heads in groups."""
-    work_idx, head, batch = cute.arch.block_idx()
-    lengths = _lengths(mLSE, rank)
-    work = QTileWork(geom, lengths, work_idx, cutlass.min, cutlass.max, _select)
-    head_kv = head // (mLSE.shape[rank + 1] // num_heads_kv)
-    return work, head, head_kv, batch
+    """This CTA's ``(work, head, head_kv, batch)`` (one CTA per work item)."""
+    return _work_of(geom, mLSE, num_heads_kv, rank, *cute.arch.block_idx())
 
 
 def make_pipeline(
