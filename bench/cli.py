@@ -108,9 +108,7 @@ def _dry_run(problems: list[P.Problem], providers: list) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from . import providers as prov_mod
-
-    from . import runner
+    from . import providers as prov_mod, runner
 
     try:
         stem, problems = problems_from_args(args)

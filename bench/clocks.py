@@ -10,6 +10,7 @@ stops (``nvidia-smi`` buffers its output when it is not writing to a terminal). 
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -78,8 +79,6 @@ def nvidia_smi_id(index: int) -> str:
     """``nvidia-smi -i`` for torch's CUDA device ``index``: the index itself where it is the only
     visible GPU and nothing remaps it, else the device's UUID (CUDA and nvidia-smi may number GPUs
     differently)."""
-    import os
-
     import torch
 
     if torch.cuda.device_count() == 1 and not os.environ.get("CUDA_VISIBLE_DEVICES"):

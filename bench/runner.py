@@ -33,12 +33,7 @@ class Settings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.runs < timing.MIN_RUNS:
-            raise ValueError(f"runs={self.runs} must be >= {timing.MIN_RUNS}")
-        if not 1 <= self.rounds <= self.runs // 2:
-            raise ValueError(f"rounds={self.rounds} must be between 1 and runs // 2 = {self.runs // 2}")
-        if self.warmup < 1:
-            raise ValueError(f"warmup={self.warmup} must be >= 1")
+        timing.check_counts(self.runs, self.warmup, self.rounds)  # refused before anything runs
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -108,10 +103,10 @@ def run_problem(problem: Problem, providers: list[Any], settings: Settings,
             _failed(row, prov, tm, log)
             continue
         measured = {"ms": tm.median_ms, "q1_ms": tm.q1_ms, "q3_ms": tm.q3_ms, "runs": tm.runs,
-                    "method": tm.method, "host_us": tm.host_us}
+                    "method": tm.method, "host_us": tm.host_us, "timed_window": window}
         if key is not None:
             timing_cache[key] = measured
-        row.update(status="ok", info=prep.info, timed_window=window, **measured)
+        row.update(status="ok", info=prep.info, **measured)
         log(f"  {prov.name:12s} {tm.median_ms:9.3f} ms  (IQR {100 * tm.spread:.1f} %, host "
             f"{tm.host_us:.0f} us, first call {row['first_call_s']} s)")
     del timed, results, q, k, v, ref

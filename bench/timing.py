@@ -28,6 +28,17 @@ import torch
 MIN_RUNS = 20
 
 
+def check_counts(runs: int, warmup: int, rounds: int = 1) -> None:
+    """ValueError naming the count that cannot be timed: fewer than :data:`MIN_RUNS` calls, no
+    warm-up, or rounds of fewer than two calls each."""
+    if runs < MIN_RUNS:
+        raise ValueError(f"runs={runs} must be >= {MIN_RUNS}")
+    if not 1 <= rounds <= runs // 2:
+        raise ValueError(f"rounds={rounds} must be between 1 and runs // 2 = {runs // 2}")
+    if warmup < 1:
+        raise ValueError(f"warmup={warmup} must be >= 1")
+
+
 @dataclass(frozen=True)
 class Timing:
     """GPU time of one provider on one problem, in milliseconds."""
@@ -143,10 +154,6 @@ class _Subject:
 
 def _prepare(fn: Callable[[], object], runs: int, warmup: int, use_graph: bool, measure_host: bool) -> _Subject:
     """Warm ``fn`` up, measure its host time, capture it into a graph if asked; nothing timed yet."""
-    if runs < MIN_RUNS:
-        raise ValueError(f"runs={runs} must be >= {MIN_RUNS}")
-    if warmup < 1:
-        raise ValueError(f"warmup={warmup} must be >= 1")
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -204,6 +211,7 @@ def time_fn(
     measure_host: bool = True,
 ) -> Timing:
     """Median GPU time of ``fn()`` over ``runs`` (>= 20) calls; see the module docstring."""
+    check_counts(runs, warmup)
     subject = _prepare(fn, runs, warmup, use_graph, measure_host)
     _sample(subject, subject.runs, flush_l2)
     return _summary(subject)
@@ -225,8 +233,7 @@ def time_interleaved(
     that much.  Interleaved rounds give every provider a share of the same stretches.  A provider
     that fails is returned as its exception; the others go on.
     """
-    if rounds < 1:
-        raise ValueError(f"rounds={rounds} must be >= 1")
+    check_counts(runs, warmup, rounds)
     subjects: list[_Subject | Exception] = []
     for fn in fns:
         try:
