@@ -92,10 +92,15 @@ VARIANTS = {
     # the other epilogue: one per warpgroup (split) with one CTA per item, whole-tile when persistent
     "rotated+mc+split": dict(mainloop="rotated", split_epilogue=True),
     "rotated+mc+pers+whole": dict(mainloop="rotated", persistent_ctas=132, split_epilogue=False),
+    # persistent CTAs with the item boundary not pipelined (before overlap_items)
+    "rotated+mc+pers+seq": dict(mainloop="rotated", persistent_ctas=132, overlap_items=False),
+    "rotated+mc+pers4+seq": dict(mainloop="rotated", persistent_ctas=4, overlap_items=False),
 }
 #: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
 PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4", "rotated+mc+pers+trace",
-                   "rotated+mc+split", "rotated+mc+pers+whole")
+                   "rotated+mc+split", "rotated+mc+pers+whole", "rotated+mc+pers+seq", "rotated+mc+pers4+seq")
+#: Variants ``sweep`` checks for correctness but does not time (a few CTAs: slow by design).
+CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 
@@ -383,6 +388,7 @@ BENCH_ROWS = [  # most important first: a run cut short keeps these
     ("3d w18x24x24 s1 chosen", 3, (30, 48, 80), 24, (18, 24, 24), (1, 1, 1), "choose", "choose", "events"),
     ("1d32K dense", 1, (32768,), 1, (32768,), (1,), None, None, "graph"),
     ("1d32K w2048 s2048", 1, (32768,), 1, (2048,), (2048,), None, None, "graph"),
+    ("3d w18x24x24 s16x8x8", 3, (30, 48, 80), 24, (18, 24, 24), (16, 8, 8), None, None, "events"),
 ]
 #: Rows timed for a few variants only (the 3D problem is large: ~50 ms a call).
 ROW_VARIANTS = {"3d w18x24x24 s1": ("serial", "rotated+turns", "hybrid"),
@@ -424,7 +430,7 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
     t0 = time.time()
     keys = [VariantKey.of(c, v) for v in variants for c in check_cfgs()]
     keys += [VariantKey.of(c, v) for row, c in zip(rows, cfgs) for v in ROW_VARIANTS.get(row[0], variants)
-             if v in variants]
+             if v in variants and v not in CHECK_ONLY_VARIANTS]
     failed = warm_variants(keys)
     print(f"warm: {time.time() - t0:.1f}s, {failed} failed", flush=True)
     result = {"fails": {}, "ms": {}, "cudnn_ms": {}, "cfgs": {}}
@@ -436,7 +442,7 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
         result["cfgs"][name] = [cfg.q_tile_shape, cfg.kv_tile_shape]
         q, k, v_ = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
         time_fn = _graph_ms if timer == "graph" else _time_ms
-        row_variants = [v for v in ROW_VARIANTS.get(name, variants) if v in variants]
+        row_variants = [v for v in ROW_VARIANTS.get(name, variants) if v in variants and v not in CHECK_ONLY_VARIANTS]
         for r in range(rounds):
             for v in row_variants:
                 try:

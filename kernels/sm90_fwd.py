@@ -29,6 +29,7 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.utils import LayoutEnum
 
 from gna_cute.kernels import fwd_common, tile_views
+from gna_cute.kernels.dsl_values import DslCarried
 from gna_cute.kernels.config import FwdConfig
 from gna_cute.kernels.mask import RowWindows
 from gna_cute.kernels.scheduler import QTileWork, TileCursor, TileGeometry, split_tile_index
@@ -81,6 +82,14 @@ def _spatial_coord(x: list) -> Any:
     return tuple(x) if len(x) > 1 else x[0]
 
 
+class _PendingLoad(DslCarried):
+    """A V load the producer still owes, carried from one work item's loop into the next:
+    its KV tile and the item's (group, KV head, batch)."""
+
+    def __init__(self, idx: list, group: list, head_kv: Int32, batch: Int32) -> None:
+        self.idx, self.group, self.head_kv, self.batch = list(idx), list(group), head_kv, batch
+
+
 class GNAFwdSm90:
     """The kernel for one static configuration (``FwdConfig`` is the compile-cache key)."""
 
@@ -91,6 +100,7 @@ class GNAFwdSm90:
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
+        overlap_items: bool = True,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -159,6 +169,12 @@ class GNAFwdSm90:
         self.q_stages = 1
         if self.persistent and fixed + self.tile_m * self.hdim * elem + self.num_stages * per_stage <= _SMEM_BUDGET_ALIASED:
             self.q_stages = 2
+        # overlap_items (persistent CTAs with a double-buffered Q): the item boundary is software-
+        # pipelined.  The producer's K/V stream runs on from item to item (the next item's Q and
+        # first K go out before this item's last V), and each consumer warpgroup issues the next
+        # item's first QK right after this item's last PV, so the epilogue runs while the tensor
+        # cores work on the next item instead of leaving them idle.
+        self.overlap_items = overlap_items and self.persistent > 0 and self.q_stages == 2
 
     # ------------------------------------------------------------------ host side
     def _tile_coord(self, tile: list, head: Int32, group: list, batch: Int32) -> tuple:
@@ -339,7 +355,9 @@ class GNAFwdSm90:
         k_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         v_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_stages)
         tile_args = (tma_atom_Q, tma_Q, sQ, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_q, pipe_k, pipe_v)
-        if const_expr(self.persistent > 0):
+        if const_expr(self.overlap_items):
+            k_state, v_state = self._load_items(works, mLSE, num_heads_kv, *tile_args, q_state, k_state, v_state)
+        elif const_expr(self.persistent > 0):
             for w in cutlass.range(works[0], works[1], works[2], unroll=1):
                 self._set_trace_item(w)
                 if const_expr(self.trace):
@@ -409,6 +427,51 @@ class GNAFwdSm90:
             v_state.advance()
         return k_state, v_state
 
+    @cute.jit
+    def _load_items(
+        self, works: tuple, mLSE: cute.Tensor, num_heads_kv: Int32,
+        tma_atom_Q: cute.CopyAtom, tma_Q: cute.Tensor, sQ: cute.Tensor, tma_atom_K: cute.CopyAtom,
+        tKgK: cute.Tensor, tKsK: cute.Tensor, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor,
+        pipe_q: Any, pipe_k: Any, pipe_v: Any, q_state: Any, k_state: Any, v_state: Any,
+    ) -> tuple:
+        """A persistent CTA's loads as one stream (``overlap_items``): per item its Q, then K one
+        tile ahead of V as in ``_load_tile``, but the last V of an item is issued after the next
+        item's Q and first K.  Waiting for that V's stage (released one tile after K's) no longer
+        holds back the next item's first loads, which the consumers ask for right after this
+        item's last PV."""
+        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
+        work, _, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, works[0])
+        pending = _PendingLoad(work.kv_lo, work.group, head_kv, batch)  # the V still to issue
+        has_pending = Int32(0)
+        for w in cutlass.range(works[0], works[1], works[2], unroll=1):
+            self._set_trace_item(w)
+            if const_expr(self.trace):
+                if cute.arch.lane_idx() == 0:
+                    self._stamp(0, cute.arch.smid())
+                    self._stamp(1, cute.arch.globaltimer_lo())
+            work, head, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
+            gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
+            tQsQ, tQgQ = fwd_common.tma_tile_partition(tma_atom_Q, sQ[None, None, q_state.index], gQ)
+            fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q, q_state)
+            q_state.advance()
+            self._stamp_lane0(9)
+            for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
+                cur = TileCursor(origin)
+                for _ in cutlass.range(math.prod(extent), unroll=1):
+                    self._load_kv(tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch, cur.idx, k_state)
+                    k_state.advance()
+                    if has_pending > 0:
+                        self._load_kv(tma_atom_V, tVgV, tVsV, pipe_v, 1, pending.group, pending.head_kv,
+                                      pending.batch, pending.idx, v_state)
+                        v_state.advance()
+                    pending = _PendingLoad(cur.idx, work.group, head_kv, batch)
+                    has_pending = Int32(1)
+                    cur = TileCursor(work.box_step(cur.idx, origin, extent))
+        self._load_kv(tma_atom_V, tVgV, tVsV, pipe_v, 1, pending.group, pending.head_kv, pending.batch,
+                      pending.idx, v_state)
+        v_state.advance()
+        return k_state, v_state
+
     def _load_kv(
         self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, issuer_rank: int,
         group: list, head_kv: Int32, batch: Int32, kv: list, state: Any,
@@ -466,7 +529,11 @@ class GNAFwdSm90:
             tma_atom_O, tma_O, mLSE, mCounts, sO, pipe_q, pipe_k, pipe_v, wg, tidx, row_coords, col_coords,
             softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, t_centry,
         )
-        if const_expr(self.persistent > 0):
+        if const_expr(self.overlap_items):
+            self._consume_items(works, num_heads_kv, *tile_args[:-1], q_state, kv_state)
+            if self._is_o_store_warp(wg):
+                fwd_common.tma_store_wait()  # the last item's O store has read its smem
+        elif const_expr(self.persistent > 0):
             for w in cutlass.range(works[0], works[1], works[2], unroll=1):
                 self._set_trace_item(w)
                 work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
@@ -625,6 +692,13 @@ class GNAFwdSm90:
             if cute.arch.thread_idx()[0] == 128:
                 self._stamp(13, cute.arch.globaltimer_lo())
         self._qk(acc_S, tSrQ, tSrK, pipe_k, state)
+        self._first_scores(kv, masked, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
+
+    def _first_scores(
+        self, kv: list, masked: bool, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tOrP: cute.Tensor,
+    ) -> None:
+        """The first tile's S (its QK done): mask, softmax, O rescale, P -> fp16."""
         self._scores(acc_S, kv, masked, windows, col_coords, softmax, row_scale)
         rescale_rows(acc_O, row_scale)
         tOrP.store(_frag_a_view(acc_S).load().to(self.dtype))
@@ -712,12 +786,109 @@ class GNAFwdSm90:
         if const_expr(self.trace):
             if cute.arch.thread_idx()[0] == 128:
                 self._stamp(14, cute.arch.globaltimer_lo())
+        return work.num_full_tiles, self._rotated_rest(work, wg, *step, state)
+
+    @cute.jit
+    def _rotated_rest(
+        self, work: QTileWork, wg: Int32, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
+        tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, state: Any,
+    ) -> Any:
+        """The rotated steps after the peeled tile 0: the partial tiles, then the full ones;
+        returns the last tile's pipeline position."""
+        step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
+        num_partial = work.num_partial_tiles
         for j in cutlass.range(1, num_partial, unroll=1):
             state = self._rotated_step(wg, work.partial_tile, j, True, *step, state)
-        # The full tiles; the first one was peeled above when there is no partial tile.
+        # The full tiles; the first one was peeled when there is no partial tile.
         for f in cutlass.range(1 - cutlass.min(num_partial, 1), work.num_full_tiles, unroll=1):
             state = self._rotated_step(wg, work.full_tile, f, False, *step, state)
-        return work.num_full_tiles, state
+        return state
+
+    @cute.jit
+    def _consume_items(
+        self, works: tuple, num_heads_kv: Int32, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor,
+        mLSE: cute.Tensor, mCounts: cute.Tensor, sO: cute.Tensor, pipe_q: Any, pipe_k: Any, pipe_v: Any,
+        wg: Int32, tidx: Int32, row_coords: list, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor, tSrK: cute.Tensor,
+        tOrP: cute.Tensor, tOrVt: cute.Tensor, q_state: Any, state: Any,
+    ) -> None:
+        """A persistent CTA's items with the boundary software-pipelined (``overlap_items``).
+
+        Per item: the rotated steps after tile 0; Q released; the last PV issued and the next
+        item's first QK right behind it; once the PV is done, the epilogue (finalize, O to smem,
+        TMA store, LSE) runs while the tensor cores compute the next item's first S; then that
+        tile's softmax.  Every WGMMA is waited for inside the iteration that issued it, and none
+        sits in a branch: ptxas serializes every WGMMA of the kernel otherwise (seen in the SASS:
+        a wait after each one).  So the last item issues its "next" QK too, on the stale Q and K
+        stages, and throws the result away.
+        """
+        num_rows = len(row_coords)
+        first, end, stride = works
+        work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, first)
+        acc_O.fill(0.0)
+        softmax.reset()
+        pipe_q.consumer_wait(q_state)
+        self._qk(acc_S, tSrQ[None, None, None, q_state.index], tSrK, pipe_k, state)
+        self._first_tile_scores(work, RowWindows(work, row_coords), col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
+        for w in cutlass.range(first, end, stride, unroll=1):
+            self._set_trace_item(w)
+            t_q = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
+            windows = RowWindows(work, row_coords)  # per item: a register array carried across the loop goes to local memory
+            step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ[None, None, None, q_state.index],
+                    tSrK, tOrP, tOrVt, pipe_k, pipe_v)
+            state = self._rotated_rest(work, wg, *step, state)
+            pipe_q.consumer_release(q_state)  # every QK of this item is done: a later Q may load
+            q_state.advance()
+            v_state = state.clone()
+            state.advance()
+            nxt = w + stride
+            has_next = nxt < end
+            pipe_v.consumer_wait(v_state)
+            _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
+            if has_next:
+                pipe_q.consumer_wait(q_state)
+                pipe_k.consumer_wait(state)
+            _gemm(self.tiled_mma_qk, acc_S, tSrQ[None, None, None, q_state.index], tSrK[None, None, None, state.index],
+                  zero_init=True)
+            warpgroup.wait_group(1)  # the last PV
+            pipe_v.consumer_release(v_state)
+            t_loop = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
+            lse = cute.make_rmem_tensor(num_rows, Float32)
+            softmax.finalize(row_scale, lse)
+            rescale_rows(acc_O, row_scale)
+            self.epilogue(work, head, batch, acc_O, lse, row_coords, col_coords[0], wg, tidx, sO, tma_atom_O, tma_O, mLSE)
+            if const_expr(self.trace):
+                if tidx == 0:
+                    self._stamp(2, t_q)
+                    self._stamp(4, t_loop)
+                    self._stamp(5, cute.arch.globaltimer_lo())
+                    self._stamp(6, work.num_kv_tiles)
+            if const_expr(self.cfg.count_tiles):
+                if tidx == 0 and batch == 0 and head == 0:
+                    idx = (*work.group, *work.q_tile_idx)
+                    mCounts[(0, *idx)] = work.num_kv_tiles
+                    mCounts[(1, *idx)] = work.num_full_tiles
+            # The next item (past the end: decoded, its S computed from stale smem, all unused).
+            work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, nxt)
+            acc_O.fill(0.0)
+            softmax.reset()
+            warpgroup.wait_group(0)  # the next item's first QK
+            if has_next:
+                pipe_k.consumer_release(state)
+                self._first_tile_scores(work, RowWindows(work, row_coords), col_coords, softmax, row_scale, acc_S,
+                                        acc_O, tOrP)
+
+    @cute.jit
+    def _first_tile_scores(
+        self, work: QTileWork, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tOrP: cute.Tensor,
+    ) -> None:
+        """Tile 0 of ``work`` (its QK done): masked if the item has partial tiles (they go first)."""
+        if work.num_partial_tiles > 0:
+            self._first_scores(work.partial_tile(0), True, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
+        else:
+            self._first_scores(work.full_tile(0), False, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
 
     def _is_o_store_warp(self, wg: Int32) -> Any:
         """Whether this warp issues (and waits for) the O stores: the first warp of the storing

@@ -166,17 +166,33 @@ def choose_cluster_dim(arch: int, params: GNAParams, q_tile_shape: tuple[int, ..
 
 
 @lru_cache(maxsize=1024)
-def choose_persistent_ctas(arch: int, params: GNAParams, sm_count: int) -> int:
+def choose_persistent_ctas(arch: int, params: GNAParams, sm_count: int, q_tile_shape: tuple[int, ...],
+                           kv_tile_shape: tuple[int, ...]) -> int:
     """``FwdConfig.persistent_ctas``: the SM count (rounded down to even) where persistent CTAs
     measured faster, else 0 (one CTA per work item).
 
     Measured on the H100 (docs/sm90-kernel.md, "Persistent CTAs"): 1D problems gain 4-5 % (32K
     tokens, w = 2048: s = 1 0.0695 -> 0.0658 ms, s = 2048 0.063 -> 0.0605 ms; dense level) from
-    hiding the next item's CTA start and Q/K loads, which under a saturated L2 take ~2 us; 2D/3D
-    problems with unequal work items lost to the static round-robin (2D s = 1 +4 %), dense 2D and
-    the block-sparse 2D/3D rows were level within the spread.  Causal dims make the items unequal,
-    so they keep one CTA per item too.
+    hiding the next item's CTA start and Q/K loads, which under a saturated L2 take ~2 us.  2D/3D
+    problems with unequal work items lose to the static round-robin (2D s = 1: H200 12.0 vs
+    11.9 ms with the item boundary pipelined, H100 +4 % before), so they keep one CTA per item,
+    as do causal 1D problems.  2D/3D problems whose items are all alike (no partial tile, the
+    same KV tile count everywhere: block-sparse strides, dense) run persistent: on the H200 with
+    the pipelined item boundary 2D s = 16 took 8.06 / 8.12 ms against 8.34 / 8.34 with one CTA
+    per item (dense 2D 80.5 / 81.1 vs 80.8 / 81.7, 3D s = 16 within its spread).
     """
-    if arch != 90 or params.rank != 1 or any(params.is_causal) or sm_count < 2:
+    if arch != 90 or sm_count < 2:
         return 0
-    return sm_count - sm_count % 2
+    if (params.rank == 1 and not any(params.is_causal)) or _uniform_work(params, q_tile_shape, kv_tile_shape):
+        return sm_count - sm_count % 2
+    return 0
+
+
+def _uniform_work(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...]) -> bool:
+    """Whether every Q tile visits the same number of KV tiles, all of them unmasked (the
+    simulator's per-tile counts, the ones the kernels' debug counters are tested against)."""
+    from gna_cute.sim import tile_counts  # numpy only; imported late as in _simulated_costs
+
+    counts = tile_counts(params, q_tile_shape, kv_tile_shape)
+    visited, full = counts[0], counts[1]
+    return bool((visited == visited.flat[0]).all() and (full == visited).all())

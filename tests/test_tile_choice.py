@@ -162,21 +162,58 @@ def test_host_layer_uses_the_choice_by_default() -> None:
     assert (cfg.q_tile_shape, cfg.kv_tile_shape) == ((4, 32), (8, 8))
 
 
+T1, T2, T3 = ((128,), (128,)), ((16, 8), (16, 8)), ((2, 8, 8), (2, 8, 8))
+
+
 @pytest.mark.parametrize(
-    "arch, params, sm_count, expected",
+    "arch, params, sm_count, tiles, expected",
     [
-        (90, GNAParams.make((32768,), 2048), 132, 132),  # 1D, measured faster persistent
-        (90, GNAParams.make((32768,), 2048, 2048), 133, 132),  # rounded down to even (CTA pairs)
-        (90, GNAParams.make((4096,), 256, 1, 2), 132, 132),  # dilation: still equal work items
-        (90, GNAParams.make((4096,), 256, 1, 1, True), 132, 0),  # causal: unequal work items
-        (90, GNAParams.make((256, 256), (80, 80)), 132, 0),  # 2D: level or slower, measured
-        (90, GNAParams.make((8, 16, 16), (3, 5, 5)), 132, 0),
-        (100, GNAParams.make((32768,), 2048), 148, 0),  # the sm100 kernel is not persistent
-        (90, GNAParams.make((32768,), 2048), 0, 0),  # no device (meta tensors without CUDA)
+        (90, GNAParams.make((32768,), 2048), 132, T1, 132),  # 1D, measured faster persistent
+        (90, GNAParams.make((32768,), 2048, 2048), 133, T1, 132),  # rounded down to even (CTA pairs)
+        (90, GNAParams.make((4096,), 256, 1, 2), 132, T1, 132),  # dilation: still equal work items
+        (90, GNAParams.make((4096,), 256, 1, 1, True), 132, T1, 0),  # causal: unequal work items
+        (90, GNAParams.make((256, 256), (80, 80)), 132, T2, 0),  # 2D s=1: unequal items, slower
+        (90, GNAParams.make((8, 16, 16), (3, 5, 5)), 132, T3, 0),
+        (90, GNAParams.make((256, 256), (80, 80), (16, 16)), 132, T2, 132),  # block-sparse: equal items
+        (90, GNAParams.make((256, 256), (256, 256)), 132, T2, 132),  # dense
+        (90, GNAParams.make((30, 48, 80), (18, 24, 24), (16, 8, 8)), 132, T3, 132),
+        (90, GNAParams.make((256, 256), (80, 80), (16, 16)), 132, ((16, 8), (8, 16)), 132),  # aligned too
+        (90, GNAParams.make((256, 256), (80, 80), (8, 8)), 132, T2, 0),  # a Q tile spans two stride groups
+        (90, GNAParams.make((64, 64), (64, 64), 1, 1, (True, False)), 132, T2, 0),  # causal 2D
+        (100, GNAParams.make((32768,), 2048), 148, T1, 0),  # the sm100 kernel is not persistent
+        (90, GNAParams.make((32768,), 2048), 0, T1, 0),  # no device (meta tensors without CUDA)
     ],
 )
-def test_persistent_ctas_policy(arch: int, params: GNAParams, sm_count: int, expected: int) -> None:
-    assert tile_choice.choose_persistent_ctas(arch, params, sm_count) == expected
+def test_persistent_ctas_policy(arch: int, params: GNAParams, sm_count: int, tiles: tuple, expected: int) -> None:
+    assert tile_choice.choose_persistent_ctas(arch, params, sm_count, *tiles) == expected
+
+
+@pytest.mark.parametrize(
+    "spatial, window, stride, causal, tiles",
+    [
+        ((32, 48), (20, 20), (16, 16), False, T2),
+        ((32, 48), (32, 48), (1, 1), False, T2),
+        ((32, 48), (10, 12), (1, 1), False, T2),
+        ((4, 16, 16), (2, 8, 8), (2, 8, 8), False, T3),
+        ((32, 32), (16, 16), (16, 16), True, T2),
+        ((32, 48), (12, 12), (8, 8), False, T2),
+        ((32, 48), (20, 20), (16, 16), False, ((16, 8), (8, 16))),
+    ],
+)
+def test_uniform_work_matches_the_brute_force_mask(spatial, window, stride, causal, tiles) -> None:
+    """The persistent policy's "all items alike" test against the dense mask: per Q tile, the
+    KV tiles holding an attended pair, and whether every such tile is fully attended."""
+    params = GNAParams.make(spatial, window, stride, 1, causal)
+    q_tile, kv_tile = tiles
+    assert not any(n % t for n, t in zip(spatial, q_tile + kv_tile)), "tiles must divide the axes"
+    mask = neighborhood_mask(spatial, params.kernel_size, params.stride, params.dilation, params.is_causal)
+    qb, kb = _tile_blocks(spatial, q_tile), _tile_blocks(spatial, kv_tile)
+    nq, nk = int(np.prod(q_tile)), int(np.prod(kv_tile))
+    blocks = np.asarray(mask)[np.argsort(qb, kind="stable")][:, np.argsort(kb, kind="stable")]
+    pairs = blocks.reshape(len(qb) // nq, nq, len(kb) // nk, nk).sum(axis=(1, 3))  # attended pairs per block
+    visited = {int(v) for v in (pairs > 0).sum(axis=1)}
+    partial = int(((pairs > 0) & (pairs < nq * nk)).sum())
+    assert tile_choice._uniform_work(params, *tiles) == (len(visited) == 1 and partial == 0)
 
 
 def test_host_layer_sets_persistent_ctas_from_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
