@@ -554,7 +554,6 @@ class GNAFwdSm90:
         tOrP: cute.Tensor, tOrVt: cute.Tensor, t_centry: Int32, q_state: Any, kv_state: Any,
     ) -> Any:
         """One work item: mainloop and epilogue; returns the K/V pipeline position after it."""
-        num_rows = len(row_coords)
         if const_expr(self.q_stages > 1):
             tSrQ = tSrQ[None, None, None, q_state.index]
         acc_O.fill(0.0)
@@ -576,24 +575,35 @@ class GNAFwdSm90:
             num_full = self._mainloop_serial(work, *loop_args)
 
         t_loop = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
-        lse = cute.make_rmem_tensor(num_rows, Float32)
+        self._finish_item(work, head, batch, num_full, softmax, row_scale, acc_O, row_coords, col_coords[0], wg, tidx,
+                          sO, tma_atom_O, tma_O, mLSE, mCounts, t_q, t_loop, ((11, t_centry), (12, t_prolog)))
+        return kv_state
+
+    @cute.jit
+    def _finish_item(
+        self, work: QTileWork, head: Int32, batch: Int32, num_full: Int32, softmax: OnlineSoftmax,
+        row_scale: cute.Tensor, acc_O: cute.Tensor, row_coords: list, col0: Int32, wg: Int32, tidx: Int32,
+        sO: cute.Tensor, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor, mLSE: cute.Tensor, mCounts: cute.Tensor,
+        t_q: Int32, t_loop: Int32, more_stamps: tuple = (),
+    ) -> None:
+        """After an item's last PV: normalize O, the epilogue, the trace stamps and debug counts."""
+        lse = cute.make_rmem_tensor(len(row_coords), Float32)
         softmax.finalize(row_scale, lse)
         rescale_rows(acc_O, row_scale)
-        self.epilogue(work, head, batch, acc_O, lse, row_coords, col_coords[0], wg, tidx, sO, tma_atom_O, tma_O, mLSE)
+        self.epilogue(work, head, batch, acc_O, lse, row_coords, col0, wg, tidx, sO, tma_atom_O, tma_O, mLSE)
         if const_expr(self.trace):
             if tidx == 0:
                 self._stamp(2, t_q)
                 self._stamp(4, t_loop)
                 self._stamp(5, cute.arch.globaltimer_lo())
                 self._stamp(6, work.num_kv_tiles)
-                self._stamp(11, t_centry)
-                self._stamp(12, t_prolog)
+                for slot, value in more_stamps:
+                    self._stamp(slot, value)
         if const_expr(self.cfg.count_tiles):
             if tidx == 0 and batch == 0 and head == 0:
                 idx = (*work.group, *work.q_tile_idx)
                 mCounts[(0, *idx)] = work.num_kv_tiles
                 mCounts[(1, *idx)] = num_full
-        return kv_state
 
     def _set_trace_item(self, w: Int32) -> None:
         """Trace mode of a persistent CTA: the work item the next stamps belong to."""
@@ -823,7 +833,6 @@ class GNAFwdSm90:
         a wait after each one).  So the last item issues its "next" QK too, on the stale Q and K
         stages, and throws the result away.
         """
-        num_rows = len(row_coords)
         first, end, stride = works
         work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, first)
         acc_O.fill(0.0)
@@ -854,21 +863,8 @@ class GNAFwdSm90:
             warpgroup.wait_group(1)  # the last PV
             pipe_v.consumer_release(v_state)
             t_loop = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
-            lse = cute.make_rmem_tensor(num_rows, Float32)
-            softmax.finalize(row_scale, lse)
-            rescale_rows(acc_O, row_scale)
-            self.epilogue(work, head, batch, acc_O, lse, row_coords, col_coords[0], wg, tidx, sO, tma_atom_O, tma_O, mLSE)
-            if const_expr(self.trace):
-                if tidx == 0:
-                    self._stamp(2, t_q)
-                    self._stamp(4, t_loop)
-                    self._stamp(5, cute.arch.globaltimer_lo())
-                    self._stamp(6, work.num_kv_tiles)
-            if const_expr(self.cfg.count_tiles):
-                if tidx == 0 and batch == 0 and head == 0:
-                    idx = (*work.group, *work.q_tile_idx)
-                    mCounts[(0, *idx)] = work.num_kv_tiles
-                    mCounts[(1, *idx)] = work.num_full_tiles
+            self._finish_item(work, head, batch, work.num_full_tiles, softmax, row_scale, acc_O, row_coords,
+                              col_coords[0], wg, tidx, sO, tma_atom_O, tma_O, mLSE, mCounts, t_q, t_loop)
             # The next item (past the end: decoded, its S computed from stale smem, all unused).
             work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, nxt)
             acc_O.fill(0.0)
