@@ -18,14 +18,14 @@ from pathlib import Path
 from gna_cute.kernels.config import FwdConfig
 
 _CHILD = r"""
-import json, sys
+import json, shutil, sys
 from pathlib import Path
 from gna_cute.kernels import interface
 from gna_cute.kernels.config import FwdConfig
 
 dump = Path(sys.argv[2]) if len(sys.argv) > 2 else None
 sass, errors = [], []
-for spec in json.loads(sys.argv[1]):
+for i, spec in enumerate(json.loads(sys.argv[1])):
     cfg = FwdConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
     # (name, mtime): a config whose kernel name repeats an earlier one's rewrites that file
     before = {(p, p.stat().st_mtime_ns) for p in dump.glob("*.sass")} if dump else set()
@@ -35,7 +35,11 @@ for spec in json.loads(sys.argv[1]):
     except Exception as e:
         errors.append(f"{type(e).__name__}: {e}"[-3000:])
     after = {(p, p.stat().st_mtime_ns) for p in dump.glob("*.sass")} if dump else set()
-    sass.append(sorted(str(p) for p, _ in after - before))
+    # copied aside at once: a later config with the same kernel name rewrites the dump file
+    kept = dump / f"cfg{i}" if dump else None
+    if kept:
+        kept.mkdir(exist_ok=True)
+    sass.append(sorted(str(shutil.copy(p, kept / p.name)) for p, _ in after - before))
 stats = interface.CACHE.stats
 print("REPORT" + json.dumps({"sass": sass, "errors": errors, "compiles": stats.compiles,
                              "disk_loads": stats.disk_loads, "export_error": stats.last_export_error[-2000:]}))
