@@ -359,12 +359,7 @@ class GNAFwdSm90:
             k_state, v_state = self._load_items(works, mLSE, num_heads_kv, *tile_args, q_state, k_state, v_state)
         elif const_expr(self.persistent > 0):
             for w in cutlass.range(works[0], works[1], works[2], unroll=1):
-                self._set_trace_item(w)
-                if const_expr(self.trace):
-                    if cute.arch.lane_idx() == 0:
-                        self._stamp(0, cute.arch.smid())
-                        self._stamp(1, cute.arch.globaltimer_lo())
-                work, head, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
+                work, head, head_kv, batch = self._producer_item(w, mLSE, num_heads_kv)
                 k_state, v_state = self._load_tile(work, head, head_kv, batch, *tile_args, q_state, k_state, v_state)
                 q_state.advance()
         else:
@@ -383,12 +378,7 @@ class GNAFwdSm90:
         pipe_q: Any, pipe_k: Any, pipe_v: Any, q_state: Any, k_state: Any, v_state: Any,
     ) -> tuple:
         """One work item's loads: Q, then K and V; returns the K and V pipeline positions after it."""
-        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
-        gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
-        if const_expr(self.q_stages > 1):
-            sQ = sQ[None, None, q_state.index]
-        tQsQ, tQgQ = fwd_common.tma_tile_partition(tma_atom_Q, sQ, gQ)
-        fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q, q_state)
+        self._load_q(work, head, batch, tma_atom_Q, tma_Q, sQ, pipe_q, q_state)
         self._stamp_lane0(9)
 
         # In a cluster, CTA 0 loads every K tile and CTA 1 every V tile, each into both CTAs.
@@ -439,20 +429,12 @@ class GNAFwdSm90:
         item's Q and first K.  Waiting for that V's stage (released one tile after K's) no longer
         holds back the next item's first loads, which the consumers ask for right after this
         item's last PV."""
-        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
         work, _, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, works[0])
         pending = _PendingLoad(work.kv_lo, work.group, head_kv, batch)  # the V still to issue
         has_pending = Int32(0)
         for w in cutlass.range(works[0], works[1], works[2], unroll=1):
-            self._set_trace_item(w)
-            if const_expr(self.trace):
-                if cute.arch.lane_idx() == 0:
-                    self._stamp(0, cute.arch.smid())
-                    self._stamp(1, cute.arch.globaltimer_lo())
-            work, head, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
-            gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
-            tQsQ, tQgQ = fwd_common.tma_tile_partition(tma_atom_Q, sQ[None, None, q_state.index], gQ)
-            fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q, q_state)
+            work, head, head_kv, batch = self._producer_item(w, mLSE, num_heads_kv)
+            self._load_q(work, head, batch, tma_atom_Q, tma_Q, sQ, pipe_q, q_state)
             q_state.advance()
             self._stamp_lane0(9)
             for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
@@ -471,6 +453,29 @@ class GNAFwdSm90:
                       pending.idx, v_state)
         v_state.advance()
         return k_state, v_state
+
+    @cute.jit
+    def _producer_item(self, w: Int32, mLSE: cute.Tensor, num_heads_kv: Int32) -> tuple:
+        """A persistent producer's work item ``w``: ``(work, head, head_kv, batch)`` (and its first
+        trace stamps)."""
+        self._set_trace_item(w)
+        if const_expr(self.trace):
+            if cute.arch.lane_idx() == 0:
+                self._stamp(0, cute.arch.smid())
+                self._stamp(1, cute.arch.globaltimer_lo())
+        return fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
+
+    def _load_q(
+        self, work: QTileWork, head: Int32, batch: Int32, tma_atom_Q: cute.CopyAtom, tma_Q: cute.Tensor,
+        sQ: cute.Tensor, pipe_q: Any, q_state: Any,
+    ) -> None:
+        """TMA-load the item's Q tile into the Q stage of ``q_state``."""
+        tiler_q = tile_views.tile_tiler(self.cfg.q_tile_shape, self.hdim)
+        gQ = cute.zipped_divide(tma_Q, tiler_q)[self._tile_coord(work.q_tile_idx, head, work.group, batch)]
+        if const_expr(self.q_stages > 1):
+            sQ = sQ[None, None, q_state.index]
+        tQsQ, tQgQ = fwd_common.tma_tile_partition(tma_atom_Q, sQ, gQ)
+        fwd_common.tma_load_q(tma_atom_Q, tQgQ, tQsQ, pipe_q, q_state)
 
     def _load_kv(
         self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, issuer_rank: int,
