@@ -418,6 +418,18 @@ def check_cfgs():
     return [FwdConfig(**{**cfg.__dict__, "count_tiles": True}) for _, cfg, *_ in gpu_cases()]
 
 
+def _timed_variants(row: str, variants) -> list:
+    """The variants ``sweep`` times on bench row ``row``: those asked for that the row allows
+    (``ROW_VARIANTS``), less the check-only ones."""
+    return [v for v in ROW_VARIANTS.get(row, variants) if v in variants and v not in CHECK_ONLY_VARIANTS]
+
+
+def sweep_keys(variants, rows, cfgs) -> list:
+    """Every kernel ``sweep`` runs: the correctness cases per variant, the timed (row, variant) pairs."""
+    keys = [VariantKey.of(c, v) for v in variants for c in check_cfgs()]
+    return keys + [VariantKey.of(c, v) for row, c in zip(rows, cfgs) for v in _timed_variants(row[0], variants)]
+
+
 def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
     """Per variant: the 13 correctness cases; then every bench row for every variant, ``rounds``
     times (interleaved, so the spread between rounds is the run-to-run noise), and cuDNN.
@@ -428,10 +440,7 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
     rows = bench_rows()
     cfgs = bench_cfgs(rows)
     t0 = time.time()
-    keys = [VariantKey.of(c, v) for v in variants for c in check_cfgs()]
-    keys += [VariantKey.of(c, v) for row, c in zip(rows, cfgs) for v in ROW_VARIANTS.get(row[0], variants)
-             if v in variants and v not in CHECK_ONLY_VARIANTS]
-    failed = warm_variants(keys)
+    failed = warm_variants(sweep_keys(variants, rows, cfgs))
     print(f"warm: {time.time() - t0:.1f}s, {failed} failed", flush=True)
     result = {"fails": {}, "ms": {}, "cudnn_ms": {}, "cfgs": {}}
     cudnn_done: dict = {}
@@ -442,7 +451,7 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
         result["cfgs"][name] = [cfg.q_tile_shape, cfg.kv_tile_shape]
         q, k, v_ = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
         time_fn = _graph_ms if timer == "graph" else _time_ms
-        row_variants = [v for v in ROW_VARIANTS.get(name, variants) if v in variants and v not in CHECK_ONLY_VARIANTS]
+        row_variants = _timed_variants(name, variants)
         for r in range(rounds):
             for v in row_variants:
                 try:
@@ -484,10 +493,7 @@ if __name__ == "__main__":
         chosen = os.environ.get("GNA_P_VARIANTS", ",".join(SWEEP_VARIANTS)).split(",")
         rows = bench_rows()
         cfgs = bench_cfgs(rows)
-        keys = [VariantKey.of(c, v) for v in chosen for c in check_cfgs()]
-        keys += [VariantKey.of(c, v) for row, c in zip(rows, cfgs) for v in ROW_VARIANTS.get(row[0], chosen)
-                 if v in chosen]
-        sys.exit(warm_variants(keys, int(sys.argv[2]) if len(sys.argv) > 2 else None))
+        sys.exit(warm_variants(sweep_keys(chosen, rows, cfgs), int(sys.argv[2]) if len(sys.argv) > 2 else None))
     elif what == "sweep":
         import json
 
