@@ -89,6 +89,7 @@ VARIANTS = {
     "rotated+mc+pers": dict(mainloop="rotated", persistent_ctas=132),
     "rotated+mc+pers4": dict(mainloop="rotated", persistent_ctas=4),
     "rotated+mc+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
+    "rotated+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
     # the other epilogue: one per warpgroup (split) with one CTA per item, whole-tile when persistent
     "rotated+mc+split": dict(mainloop="rotated", split_epilogue=True),
     "rotated+mc+pers+whole": dict(mainloop="rotated", persistent_ctas=132, split_epilogue=False),
@@ -205,11 +206,12 @@ def with_pairs(cfg: FwdConfig, spatial) -> FwdConfig:
     return FwdConfig(**{**cfg.__dict__, "cluster_dim": choose_cluster_dim(90, p, cfg.q_tile_shape, cfg.kv_tile_shape)})
 
 
-def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial"):
+def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial", counts=None):
     """Launch on torch tensors (minimal launcher; the product's is kernels/interface.py).
 
     Returns ``(o, lse, counts, launch)``; ``launch()`` repeats the call on torch's current stream
-    (so it can be captured into a CUDA graph).
+    (so it can be captured into a CUDA graph).  ``counts``: the tile-count (or, for a trace
+    variant, the timeline) tensor to pass; default the tile counts'.
     """
     import torch
     import cutlass
@@ -223,7 +225,8 @@ def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial"):
     o = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:-1], float("nan"), device=q.device, dtype=torch.float32)
     tiles = [math.ceil(math.ceil(q.shape[1 + i] / cfg.dilation[i]) / cfg.q_tile_shape[i]) for i in range(r)]
-    counts = torch.full((2, *cfg.dilation, *tiles), -1, device=q.device, dtype=torch.int32)
+    if counts is None:
+        counts = torch.full((2, *cfg.dilation, *tiles), -1, device=q.device, dtype=torch.int32)
 
     def cv(t):
         return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
@@ -483,6 +486,73 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
     return result
 
 
+def _trace_rows(t, tiles, grid: int) -> dict:
+    """Per-CTA phases (us) of one persistent trace ``t`` (items x 32 int64 ns from the first CTA's
+    entry, see GNAFwdSm90) with ``tiles`` KV tiles per item."""
+    t0 = t[:grid, 15].min()
+    ph: dict = {k: [] for k in ("launch skew", "init+sync", "sync->Q issued", "Q issued->S0", "per tile, item 0",
+                                "per tile, item 1", "per tile, item 2", "epilogue", "boundary", "CTA", "tail")}
+    items = t.shape[0]
+    end = max(int(t[:, 5].max()), int(t[:grid, 17].max()))
+    for c in range(grid):
+        ws = list(range(c, items, grid))
+        ph["launch skew"].append(t[c, 15] - t0)
+        ph["init+sync"].append(t[c, 16] - t[c, 15])
+        ph["sync->Q issued"].append(t[c, 9] - t[c, 16])
+        ph["Q issued->S0"].append(t[c, 13] - t[c, 9])
+        for i, w in enumerate(ws):
+            if tiles[w] > 1:
+                ph[f"per tile, item {min(i, 2)}"].append((t[w, 4] - t[w, 13]) / (tiles[w] - 1))
+            ph["epilogue"].append(t[w, 5] - t[w, 4])
+            if i + 1 < len(ws):
+                ph["boundary"].append(t[ws[i + 1], 13] - t[w, 4])
+        ph["CTA"].append(t[ws[-1], 5] - t[c, 15])
+        ph["tail"].append(end - t[ws[-1], 5])
+    return {k: [x / 1000 for x in v] for k, v in ph.items()}, (end - t0) / 1000
+
+
+def trace_main(variant: str = "rotated+mc+pers+trace", calls: int = 5, warm: bool = False) -> None:
+    """Trace the bench rows (``GNA_P_ROWS``) with a persistent trace variant, the L2 flushed before
+    each call (not if ``warm``): per-CTA phase medians [min, max] in us and the kernel span from
+    the first CTA's entry to the last stamp.  (The CUDA-event time printed beside it includes
+    the host's launch time: no timing.)"""
+    import statistics
+    import torch
+
+    rows = bench_rows()
+    flush = torch.empty(2 * torch.cuda.get_device_properties(0).L2_cache_size // 4, dtype=torch.int32, device="cuda")
+    grid = torch.cuda.get_device_properties(0).multi_processor_count
+    grid -= grid % 2
+    for (name, rank, spatial, H, *_), cfg in zip(rows, bench_cfgs(rows)):
+        q, k, v = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
+        tiles = [math.ceil(math.ceil(spatial[i] / cfg.dilation[i]) / cfg.q_tile_shape[i]) for i in range(rank)]
+        items = math.prod(tiles) * math.prod(cfg.dilation) * H
+        trace = torch.zeros((items, 32, *([1] * (2 * rank - 1))), device="cuda", dtype=torch.int32)
+        _, _, _, launch = run_kernel(cfg, q, k, v, 128 ** -0.5, variant, counts=trace)
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        spans, evs, phases = [], [], {}
+        for _ in range(calls):
+            if not warm:
+                flush.fill_(0)
+            trace.zero_()
+            start.record()
+            launch()
+            stop.record()
+            torch.cuda.synchronize()
+            evs.append(start.elapsed_time(stop) * 1000)
+            raw = trace.reshape(items, 32).cpu().long()
+            t = (raw - raw[:min(items, grid), 15].min()) % (1 << 32)  # unwrap the 32-bit ns timer
+            ph, span = _trace_rows(t, raw[:, 6], min(items, grid))
+            spans.append(span)
+            for key, vals in ph.items():
+                phases.setdefault(key, []).extend(vals)
+        print(f"TRACE {name} {variant}{' warm L2' * warm}: event {statistics.median(evs):.1f} us, span {statistics.median(spans):.1f} us",
+              flush=True)
+        for key, vals in phases.items():
+            if vals:
+                print(f"  {key:16s} {statistics.median(vals):7.2f} [{min(vals):.2f}, {max(vals):.2f}]", flush=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "compile"
     if what == "compile":
@@ -507,5 +577,9 @@ if __name__ == "__main__":
 
         res = sweep_main(chosen, save=save)
         sys.exit(sum(res["fails"].values()))
+    elif what == "trace":
+        for variant in os.environ.get("GNA_P_VARIANTS", "rotated+mc+pers+trace").split(","):
+            for warm in (False, True) if os.environ.get("GNA_TRACE_WARM") else (False,):
+                trace_main(variant, warm=warm)
     else:
         sys.exit(gpu_main(os.environ.get("GNA_K1_VARIANT", "serial")))

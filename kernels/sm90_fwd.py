@@ -114,7 +114,7 @@ class GNAFwdSm90:
         if self.mainloop not in MAINLOOPS:
             raise ValueError(f"mainloop={self.mainloop!r} must be one of {MAINLOOPS}")
         self.cfg = cfg
-        # trace (dev only): mCounts becomes an int32 (work items, 16, 1..) timeline of
+        # trace (dev only): mCounts becomes an int32 (work items, 32, 1..) timeline of
         # %globaltimer_lo stamps (devscratch-style drivers read it; see docs/sm90-kernel.md).
         self.trace = trace and not cfg.count_tiles
         # persistent_ctas (overrides cfg's) > 0: at most that many CTAs, each looping over every
@@ -320,12 +320,18 @@ class GNAFwdSm90:
                     works, mLSE, num_heads_kv, tma_atom_Q, tma_Q, tma_atom_K, tma_K,
                     tma_atom_V, tma_V, sQ, sK, sV, pipe_q, pipe_k, pipe_v,
                 )
-                if const_expr(self.trace and self.persistent == 0):
+                if const_expr(self.trace):
                     if cute.arch.lane_idx() == 0:
-                        self._stamp(0, cute.arch.smid())
-                        self._stamp(1, t_entry)
-                        self._stamp(7, cute.arch.globaltimer_lo())
-                        self._stamp(8, t_sync)
+                        if const_expr(self.persistent > 0):  # on the CTA's first item
+                            self._set_trace_item(works[0])
+                            self._stamp(15, t_entry)
+                            self._stamp(16, t_sync)
+                            self._stamp(17, cute.arch.globaltimer_lo())
+                        else:
+                            self._stamp(0, cute.arch.smid())
+                            self._stamp(1, t_entry)
+                            self._stamp(7, cute.arch.globaltimer_lo())
+                            self._stamp(8, t_sync)
         else:
             cute.arch.setmaxregister_increase(self.num_mma_regs)
             self.consume(
@@ -610,6 +616,14 @@ class GNAFwdSm90:
                 mCounts[(0, *idx)] = work.num_kv_tiles
                 mCounts[(1, *idx)] = num_full
 
+    @cute.jit
+    def _stamp_first_s(self, w: Int32, tidx: Int32) -> None:
+        """Trace mode, persistent CTA: item ``w``'s first S is done (slot 13)."""
+        if const_expr(self.trace):
+            if tidx == 0:
+                self._set_trace_item(w)
+                self._stamp(13, cute.arch.globaltimer_lo())
+
     def _set_trace_item(self, w: Int32) -> None:
         """Trace mode of a persistent CTA: the work item the next stamps belong to."""
         self._trace_item = w
@@ -844,6 +858,7 @@ class GNAFwdSm90:
         softmax.reset()
         pipe_q.consumer_wait(q_state)
         self._qk(acc_S, tSrQ[None, None, None, q_state.index], tSrK, pipe_k, state)
+        self._stamp_first_s(first, tidx)
         self._first_tile_scores(work, RowWindows(work, row_coords), col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
         for w in cutlass.range(first, end, stride, unroll=1):
             self._set_trace_item(w)
@@ -876,6 +891,7 @@ class GNAFwdSm90:
             softmax.reset()
             warpgroup.wait_group(0)  # the next item's first QK
             if has_next:
+                self._stamp_first_s(nxt, tidx)
                 pipe_k.consumer_release(state)
                 self._first_tile_scores(work, RowWindows(work, row_coords), col_coords, softmax, row_scale, acc_S,
                                         acc_O, tOrP)
