@@ -515,9 +515,13 @@ def trace_main(variant: str = "rotated+mc+pers+trace", calls: int = 5, warm: boo
     """Trace the bench rows (``GNA_P_ROWS``) with a persistent trace variant, the L2 flushed before
     each call (not if ``warm``): per-CTA phase medians [min, max] in us and the kernel span from
     the first CTA's entry to the last stamp.  (The CUDA-event time printed beside it includes
-    the host's launch time: no timing.)"""
+    the host's launch time: no timing.)  With ``$OUT`` set, the raw timelines (per row: calls x
+    items x 32 stamps, ns, unwrapped) go to ``$OUT/trace-<variant>[-warm].npz``."""
     import statistics
+    import numpy as np
     import torch
+
+    raws: dict = {}
 
     rows = bench_rows()
     flush = torch.empty(2 * torch.cuda.get_device_properties(0).L2_cache_size // 4, dtype=torch.int32, device="cuda")
@@ -543,6 +547,7 @@ def trace_main(variant: str = "rotated+mc+pers+trace", calls: int = 5, warm: boo
             raw = trace.reshape(items, 32).cpu().long()
             t = (raw - raw[:min(items, grid), 15].min()) % (1 << 32)  # unwrap the 32-bit ns timer
             ph, span = _trace_rows(t, raw[:, 6], min(items, grid))
+            raws.setdefault(name, []).append(np.concatenate([t[:, :18].numpy(), raw[:, [0, 6]].numpy()], axis=1))
             spans.append(span)
             for key, vals in ph.items():
                 phases.setdefault(key, []).extend(vals)
@@ -551,6 +556,9 @@ def trace_main(variant: str = "rotated+mc+pers+trace", calls: int = 5, warm: boo
         for key, vals in phases.items():
             if vals:
                 print(f"  {key:16s} {statistics.median(vals):7.2f} [{min(vals):.2f}, {max(vals):.2f}]", flush=True)
+    if os.environ.get("OUT"):  # columns: stamps 0-17 (ns from the first CTA's entry), then SM id and KV tiles raw
+        np.savez_compressed(os.path.join(os.environ["OUT"], f"trace-{variant}{'-warm' * warm}.npz"),
+                            **{n.replace(" ", "_"): np.stack(v) for n, v in raws.items()})
 
 
 if __name__ == "__main__":

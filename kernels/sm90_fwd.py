@@ -401,25 +401,12 @@ class GNAFwdSm90:
                     cur = TileCursor(work.box_step(cur.idx, origin, extent))
             k_state, v_state = kv_state, kv_state.clone()
         else:
-            # The overlapped consumer needs K(j) before V(j-1): issue K one tile ahead of V, or
-            # V's stage releases (one tile later than K's) would throttle the K prefetch.
-            prev = TileCursor(work.kv_lo)
-            has_prev = Int32(0)
-            for origin, extent in work.kv_boxes():
-                cur = TileCursor(origin)
-                for _ in cutlass.range(math.prod(extent), unroll=1):
-                    self._load_kv(*load_k, cur.idx, k_state)
-                    k_state.advance()
-                    if const_expr(self.trace):
-                        if has_prev == 0:
-                            self._stamp_lane0(10)
-                    if has_prev > 0:
-                        self._load_kv(*load_v, prev.idx, v_state)
-                        v_state.advance()
-                    prev = cur
-                    has_prev = Int32(1)
-                    cur = TileCursor(work.box_step(cur.idx, origin, extent))
-            self._load_kv(*load_v, prev.idx, v_state)
+            pending = _PendingLoad(work.kv_lo, work.group, head_kv, batch)
+            pending, _, k_state, v_state = self._load_kv_stream(
+                work, head_kv, batch, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_k, pipe_v,
+                pending, Int32(0), k_state, v_state,
+            )
+            self._load_pending_v(tma_atom_V, tVgV, tVsV, pipe_v, pending, v_state)
             v_state.advance()
         return k_state, v_state
 
@@ -443,22 +430,48 @@ class GNAFwdSm90:
             self._load_q(work, head, batch, tma_atom_Q, tma_Q, sQ, pipe_q, q_state)
             q_state.advance()
             self._stamp_lane0(9)
-            for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
-                cur = TileCursor(origin)
-                for _ in cutlass.range(math.prod(extent), unroll=1):
-                    self._load_kv(tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch, cur.idx, k_state)
-                    k_state.advance()
-                    if has_pending > 0:
-                        self._load_kv(tma_atom_V, tVgV, tVsV, pipe_v, 1, pending.group, pending.head_kv,
-                                      pending.batch, pending.idx, v_state)
-                        v_state.advance()
-                    pending = _PendingLoad(cur.idx, work.group, head_kv, batch)
-                    has_pending = Int32(1)
-                    cur = TileCursor(work.box_step(cur.idx, origin, extent))
-        self._load_kv(tma_atom_V, tVgV, tVsV, pipe_v, 1, pending.group, pending.head_kv, pending.batch,
-                      pending.idx, v_state)
+            pending, has_pending, k_state, v_state = self._load_kv_stream(
+                work, head_kv, batch, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_k, pipe_v,
+                pending, has_pending, k_state, v_state,
+            )
+        self._load_pending_v(tma_atom_V, tVgV, tVsV, pipe_v, pending, v_state)
         v_state.advance()
         return k_state, v_state
+
+    @cute.jit
+    def _load_kv_stream(
+        self, work: QTileWork, head_kv: Int32, batch: Int32, tma_atom_K: cute.CopyAtom, tKgK: cute.Tensor,
+        tKsK: cute.Tensor, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor, pipe_k: Any,
+        pipe_v: Any, pending: _PendingLoad, has_pending: Int32, k_state: Any, v_state: Any,
+    ) -> tuple:
+        """One item's K/V loads with K one tile ahead of V: each tile's K, then the ``pending``
+        V (the previous tile's, possibly of an earlier item).  The overlapped consumer needs K(j)
+        before V(j-1); issued together, V's stage releases (one tile later than K's) would
+        throttle the K prefetch.  Returns the V still owed (this item's last), whether there is
+        one, and the K/V pipeline positions."""
+        for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
+            cur = TileCursor(origin)
+            for _ in cutlass.range(math.prod(extent), unroll=1):
+                self._load_kv(tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch, cur.idx, k_state)
+                k_state.advance()
+                if const_expr(self.trace):
+                    if has_pending == 0:
+                        self._stamp_lane0(10)
+                if has_pending > 0:
+                    self._load_pending_v(tma_atom_V, tVgV, tVsV, pipe_v, pending, v_state)
+                    v_state.advance()
+                pending = _PendingLoad(cur.idx, work.group, head_kv, batch)
+                has_pending = Int32(1)
+                cur = TileCursor(work.box_step(cur.idx, origin, extent))
+        return pending, has_pending, k_state, v_state
+
+    def _load_pending_v(
+        self, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor, pipe_v: Any, pending: _PendingLoad,
+        v_state: Any,
+    ) -> None:
+        """Issue the V load ``pending`` names (in a cluster, CTA 1 loads V for both)."""
+        self._load_kv(tma_atom_V, tVgV, tVsV, pipe_v, 1, pending.group, pending.head_kv, pending.batch, pending.idx,
+                      v_state)
 
     @cute.jit
     def _producer_item(self, w: Int32, mLSE: cute.Tensor, num_heads_kv: Int32) -> tuple:
