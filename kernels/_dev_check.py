@@ -89,7 +89,6 @@ VARIANTS = {
     "rotated+mc+pers": dict(mainloop="rotated", persistent_ctas=132),
     "rotated+mc+pers4": dict(mainloop="rotated", persistent_ctas=4),
     "rotated+mc+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
-    "rotated+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
     # the producer waits for the CTA's first K before issuing more (``staged_start``)
     "rotated+mc+pers+k0": dict(mainloop="rotated", persistent_ctas=132, staged_start=True),
     "rotated+mc+pers4+k0": dict(mainloop="rotated", persistent_ctas=4, staged_start=True),
@@ -212,6 +211,11 @@ def with_pairs(cfg: FwdConfig, spatial) -> FwdConfig:
     return FwdConfig(**{**cfg.__dict__, "cluster_dim": choose_cluster_dim(90, p, cfg.q_tile_shape, cfg.kv_tile_shape)})
 
 
+def q_tiles(cfg: FwdConfig, spatial) -> list:
+    """Q tiles per spatial dim of one dilation group (the counts argument's tile modes)."""
+    return [math.ceil(math.ceil(spatial[i] / cfg.dilation[i]) / cfg.q_tile_shape[i]) for i in range(cfg.rank)]
+
+
 def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial", counts=None):
     """Launch on torch tensors (minimal launcher; the product's is kernels/interface.py).
 
@@ -230,9 +234,8 @@ def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial", counts=None):
         cfg = with_pairs(cfg, tuple(q.shape[1:1 + r]))
     o = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:-1], float("nan"), device=q.device, dtype=torch.float32)
-    tiles = [math.ceil(math.ceil(q.shape[1 + i] / cfg.dilation[i]) / cfg.q_tile_shape[i]) for i in range(r)]
     if counts is None:
-        counts = torch.full((2, *cfg.dilation, *tiles), -1, device=q.device, dtype=torch.int32)
+        counts = torch.full((2, *cfg.dilation, *q_tiles(cfg, q.shape[1:1 + r])), -1, device=q.device, dtype=torch.int32)
 
     def cv(t):
         return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
@@ -492,9 +495,9 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
     return result
 
 
-def _trace_rows(t, tiles, grid: int) -> dict:
+def _trace_rows(t, tiles, grid: int) -> tuple:
     """Per-CTA phases (us) of one persistent trace ``t`` (items x 32 int64 ns from the first CTA's
-    entry, see GNAFwdSm90) with ``tiles`` KV tiles per item."""
+    entry, see GNAFwdSm90) of ``grid`` CTAs with ``tiles`` KV tiles per item, and the kernel span."""
     t0 = t[:grid, 15].min()
     ph: dict = {k: [] for k in ("launch skew", "init+sync", "sync->Q issued", "Q issued->S0", "per tile, item 0",
                                 "per tile, item 1", "per tile, item 2", "epilogue", "boundary", "CTA", "tail")}
@@ -522,21 +525,21 @@ def trace_main(variant: str = "rotated+mc+pers+trace", calls: int = 5, warm: boo
     each call (not if ``warm``): per-CTA phase medians [min, max] in us and the kernel span from
     the first CTA's entry to the last stamp.  (The CUDA-event time printed beside it includes
     the host's launch time: no timing.)  With ``$OUT`` set, the raw timelines (per row: calls x
-    items x 32 stamps, ns, unwrapped) go to ``$OUT/trace-<variant>[-warm].npz``."""
+    items x 32 stamps, ns, unwrapped) go to ``$OUT/trace-<variant>[-warm].npz`` (``+`` written ``_``)."""
+    ctas = VARIANTS[variant].get("persistent_ctas", 0)  # the launch's CTA count (at most the items)
+    if not (ctas and VARIANTS[variant].get("trace")):
+        raise ValueError(f"variant={variant!r}: trace needs a persistent trace variant")
     import statistics
     import numpy as np
     import torch
 
     raws: dict = {}
-
     rows = bench_rows()
     flush = torch.empty(2 * torch.cuda.get_device_properties(0).L2_cache_size // 4, dtype=torch.int32, device="cuda")
-    grid = torch.cuda.get_device_properties(0).multi_processor_count
-    grid -= grid % 2
     for (name, rank, spatial, H, *_), cfg in zip(rows, bench_cfgs(rows)):
         q, k, v = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
-        tiles = [math.ceil(math.ceil(spatial[i] / cfg.dilation[i]) / cfg.q_tile_shape[i]) for i in range(rank)]
-        items = math.prod(tiles) * math.prod(cfg.dilation) * H
+        items = math.prod(q_tiles(cfg, spatial)) * math.prod(cfg.dilation) * H
+        grid = min(items, ctas)
         trace = torch.zeros((items, 32, *([1] * (2 * rank - 1))), device="cuda", dtype=torch.int32)
         _, _, _, launch = run_kernel(cfg, q, k, v, 128 ** -0.5, variant, counts=trace)
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -551,8 +554,8 @@ def trace_main(variant: str = "rotated+mc+pers+trace", calls: int = 5, warm: boo
             torch.cuda.synchronize()
             evs.append(start.elapsed_time(stop) * 1000)
             raw = trace.reshape(items, 32).cpu().long()
-            t = (raw - raw[:min(items, grid), 15].min()) % (1 << 32)  # unwrap the 32-bit ns timer
-            ph, span = _trace_rows(t, raw[:, 6], min(items, grid))
+            t = (raw - raw[:grid, 15].min()) % (1 << 32)  # unwrap the 32-bit ns timer
+            ph, span = _trace_rows(t, raw[:, 6], grid)
             raws.setdefault(name, []).append(np.concatenate([t[:, :18].numpy(), raw[:, [0, 6]].numpy()], axis=1))
             spans.append(span)
             for key, vals in ph.items():
