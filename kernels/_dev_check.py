@@ -89,11 +89,6 @@ VARIANTS = {
     "rotated+mc+pers": dict(mainloop="rotated", persistent_ctas=132),
     "rotated+mc+pers4": dict(mainloop="rotated", persistent_ctas=4),
     "rotated+mc+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
-    # the producer waits for the CTA's first K before issuing more (``staged_start``)
-    "rotated+mc+pers+k0": dict(mainloop="rotated", persistent_ctas=132, staged_start=True),
-    "rotated+mc+pers4+k0": dict(mainloop="rotated", persistent_ctas=4, staged_start=True),
-    "rotated+mc+pers+k0+trace": dict(mainloop="rotated", persistent_ctas=132, staged_start=True, trace=True),
-    "rotated+mc+k0": dict(mainloop="rotated", staged_start=True),
     # the other epilogue: one per warpgroup (split) with one CTA per item, whole-tile when persistent
     "rotated+mc+split": dict(mainloop="rotated", split_epilogue=True),
     "rotated+mc+pers+whole": dict(mainloop="rotated", persistent_ctas=132, split_epilogue=False),
@@ -103,10 +98,9 @@ VARIANTS = {
 }
 #: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
 PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4", "rotated+mc+pers+trace",
-                   "rotated+mc+split", "rotated+mc+pers+whole", "rotated+mc+pers+seq", "rotated+mc+pers4+seq",
-                   "rotated+mc+pers+k0", "rotated+mc+pers4+k0", "rotated+mc+pers+k0+trace", "rotated+mc+k0")
+                   "rotated+mc+split", "rotated+mc+pers+whole", "rotated+mc+pers+seq", "rotated+mc+pers4+seq")
 #: Variants ``sweep`` checks for correctness but does not time (a few CTAs: slow by design).
-CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq", "rotated+mc+pers4+k0")
+CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 

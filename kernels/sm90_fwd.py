@@ -100,7 +100,7 @@ class GNAFwdSm90:
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
-        overlap_items: bool = True, staged_start: bool = False,
+        overlap_items: bool = True,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -175,11 +175,6 @@ class GNAFwdSm90:
         # item's first QK right after this item's last PV, so the epilogue runs while the tensor
         # cores work on the next item instead of leaving them idle.
         self.overlap_items = overlap_items and self.persistent > 0 and self.q_stages == 2
-        # staged_start (rotated/hybrid): the producer waits until the CTA's first K tile has landed
-        # before issuing more, so that at launch, when every CTA asks for its first tiles at once,
-        # Q and K(0) (what the first QK needs) are not queued behind V(0) and K(1).
-        # Not measured yet (docs/sm90-kernel.md, "Where a persistent CTA's time goes").
-        self.staged_start = staged_start and self.overlap and (self.persistent == 0 or self.overlap_items)
 
     # ------------------------------------------------------------------ host side
     def _tile_coord(self, tile: list, head: Int32, group: list, batch: Int32) -> tuple:
@@ -458,9 +453,6 @@ class GNAFwdSm90:
             cur = TileCursor(origin)
             for _ in cutlass.range(math.prod(extent), unroll=1):
                 self._load_kv(tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch, cur.idx, k_state)
-                if const_expr(self.staged_start):
-                    if has_pending == 0:  # the CTA's first K: wait for its bytes (the consumers' phase)
-                        pipe_k.sync_object_full.wait(k_state.index, k_state.phase ^ 1)
                 k_state.advance()
                 if const_expr(self.trace):
                     if has_pending == 0:
