@@ -291,3 +291,67 @@ class TileCursor(DslCarried):
 
     def __init__(self, idx: Sequence[Num]) -> None:
         self.idx = list(idx)
+
+
+
+class SplitTail(DslCarried):
+    """A persistent CTA's pieces of work when every item has the same ``tiles`` KV tiles: whole
+    items round-robin for the full waves, then the last, partial wave's ``R * tiles`` tiles cut
+    into equal contiguous ranges, one per CTA (stream-K for the tail).
+
+    Why: 256 work items on 132 CTAs are 2 items for 124 CTAs and 1 for 8, so the kernel lasts 2
+    items where 1.94 would do (3 % of a 1D 32K dense run).  Cut evenly, the tail gives each CTA
+    ``R * tiles / lanes < tiles`` tiles, which touch at most two items.  The piece of an item that
+    starts at its tile 0 is the item's *owner*: it merges the other pieces' partial results, then
+    writes O and LSE.  A piece that starts inside an item is a *writer*: it leaves its unnormalized
+    O, row max and row sum in a workspace slot named after its lane and raises a flag.  A writer's
+    piece is always its lane's first tail piece, so it never waits; owners wait only for writers.
+
+    Units and lanes: with clusters of two CTAs (Q-tile pairs) a unit is a pair of items and a lane
+    a pair of CTAs.  Python ints or DSL ``Int32`` values (``sel`` as in :class:`QTileWork`).
+    """
+
+    def __init__(self, units: Num, lanes: Num, lane: Num, tiles: Num, sel: Select = _py_select) -> None:
+        self.lanes, self.lane, self.tiles, self.sel = lanes, lane, tiles, sel
+        self.full_waves = units // lanes
+        self.base = self.full_waves * lanes  # the first tail unit
+        self.span = (units - self.base) * tiles  # the tail's tiles
+        self.start = lane * self.span // lanes  # this lane's tail range [start, end)
+        self.end = (lane + 1) * self.span // lanes
+        first = self.start // tiles
+        self.head_unit = self.base + first
+        self.head_a = self.start - first * tiles
+        rest = self.end - first * tiles  # the range's end, from the head unit's tile 0
+        self.head_b = sel(rest > tiles, tiles, rest)
+        self.next_b = rest - tiles  # > 0: the range runs on into the next unit, tiles [0, next_b)
+
+    def num_pieces(self) -> Num:
+        """Full-wave items, the head piece (if the tail range is not empty) and the piece in the
+        next unit (if the range crosses into it)."""
+        n = self.full_waves + self.sel(self.end > self.start, 1, 0)
+        return n + self.sel(self.next_b > 0, 1, 0)
+
+    def piece(self, k: Num) -> tuple[Num, Num, Num]:
+        """``(unit, a, b)`` of piece ``k``: tiles ``[a, b)`` of the unit's visiting order."""
+        sel = self.sel
+        head, nxt = k == self.full_waves, k > self.full_waves
+        unit = sel(head, self.head_unit, sel(nxt, self.head_unit + 1, k * self.lanes + self.lane))
+        a = sel(head, self.head_a, 0)
+        b = sel(head, self.head_b, sel(nxt, self.next_b, self.tiles))
+        return unit, a, b
+
+    def writers(self, unit: Num, b: Num) -> tuple[Num, Num]:
+        """The lanes ``[first, last]`` holding the rest (tiles ``b..``) of tail unit ``unit``,
+        whose owner piece ends at tile ``b``: each left its part in its slot (empty: ``b`` is the
+        unit's end or ``unit`` is not in the tail)."""
+        flat = (unit - self.base) * self.tiles
+        return self._owner_lane(flat + b), self._owner_lane(flat + self.tiles - 1)
+
+    def has_range(self, lane: Num) -> Any:
+        """Whether ``lane``'s tail range holds a tile (not so when the tail has fewer tiles than
+        there are lanes)."""
+        return (lane + 1) * self.span // self.lanes > lane * self.span // self.lanes
+
+    def _owner_lane(self, flat: Num) -> Num:
+        """The lane whose tail range holds tail tile ``flat``: the last with ``start <= flat``."""
+        return ((flat + 1) * self.lanes - 1) // self.sel(self.span > 0, self.span, 1)
