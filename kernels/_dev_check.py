@@ -57,7 +57,7 @@ def _fake_args(cfg: FwdConfig):
 
     r = cfg.rank
     return (fake(dt, r + 3), fake(dt, r + 3), fake(dt, r + 3), fake(dt, r + 3), fake(cutlass.Float32, r + 2),
-            fake(cutlass.Int32, 2 * r + 1), fake(cutlass.Float32, 1), cutlass.Float32(1.0), make_fake_stream())
+            fake(cutlass.Int32, 2 * r + 1), cutlass.Float32(1.0), make_fake_stream())
 
 
 def compile_cfg(cfg: FwdConfig, mainloop=None):
@@ -95,19 +95,14 @@ VARIANTS = {
     # persistent CTAs with the item boundary not pipelined (before overlap_items)
     "rotated+mc+pers+seq": dict(mainloop="rotated", persistent_ctas=132, overlap_items=False),
     "rotated+mc+pers4+seq": dict(mainloop="rotated", persistent_ctas=4, overlap_items=False),
-    # the last partial wave cut evenly over the CTAs (``split_tail``; problems with uniform work)
-    "rotated+mc+pers+st": dict(mainloop="rotated", persistent_ctas=132, split_tail=True),
-    "rotated+mc+pers4+st": dict(mainloop="rotated", persistent_ctas=4, split_tail=True),
-    "rotated+mc+pers6+st": dict(mainloop="rotated", persistent_ctas=6, split_tail=True),
     "rotated+mc+pers6": dict(mainloop="rotated", persistent_ctas=6),
 }
 #: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
 PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4", "rotated+mc+pers+trace",
                    "rotated+mc+split", "rotated+mc+pers+whole", "rotated+mc+pers+seq", "rotated+mc+pers4+seq",
-                   "rotated+mc+pers+st", "rotated+mc+pers4+st", "rotated+mc+pers6+st", "rotated+mc+pers6")
+                   "rotated+mc+pers6")
 #: Variants ``sweep`` checks for correctness but does not time (a few CTAs: slow by design).
-CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq", "rotated+mc+pers4+st", "rotated+mc+pers6+st",
-                       "rotated+mc+pers6")
+CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq", "rotated+mc+pers6")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 
@@ -212,36 +207,16 @@ def with_pairs(cfg: FwdConfig, spatial) -> FwdConfig:
     return FwdConfig(**{**cfg.__dict__, "cluster_dim": choose_cluster_dim(90, p, cfg.q_tile_shape, cfg.kv_tile_shape)})
 
 
-def uniform_work(cfg: FwdConfig, spatial) -> bool:
-    """Whether every work item visits the same KV tiles count, all full (``split_tail`` needs it)."""
-    from gna_cute.kernels.tile_choice import _uniform_work
-    from gna_cute.params import GNAParams
-
-    p = GNAParams.make(spatial, cfg.kernel_size, cfg.stride, cfg.dilation, cfg.is_causal)
-    return _uniform_work(p, cfg.q_tile_shape, cfg.kv_tile_shape)
-
-
 def q_tiles(cfg: FwdConfig, spatial) -> list:
     """Q tiles per spatial dim of one dilation group (the counts argument's tile modes)."""
     return [math.ceil(math.ceil(spatial[i] / cfg.dilation[i]) / cfg.q_tile_shape[i]) for i in range(cfg.rank)]
 
 
-def split_workspace(ctas: int, head_dim_v: int, device):
-    """A zeroed ``split_tail`` workspace for ``ctas`` persistent CTAs (one word without them)."""
-    import torch
-    from gna_cute.kernels.config import split_workspace_size
-
-    return torch.zeros(max(1, split_workspace_size(ctas, head_dim_v)), dtype=torch.float32, device=device)
-
-
 def run_key(cfg: FwdConfig, variant: str, spatial) -> VariantKey:
-    """The kernel ``run_kernel`` runs for ``variant`` on a problem of size ``spatial``: Q-tile
-    pairs where the variant and the problem allow, and ``+st`` only for uniform work (pieces are
-    ranges of one full KV box)."""
+    """The kernel ``run_kernel`` runs for ``variant`` on a problem of size ``spatial`` (Q-tile
+    pairs where the variant and the problem allow); ``sweep``'s warm-up compiles the same keys."""
     if variant in PAIRED_VARIANTS:
         cfg = with_pairs(cfg, spatial)
-    if VARIANTS[variant].get("split_tail") and not uniform_work(cfg, spatial):
-        variant = variant.replace("+st", "")
     return VariantKey.of(cfg, variant)
 
 
@@ -270,8 +245,7 @@ def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial", counts=None):
         return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
     fn = variant_kernel(key)
-    work = split_workspace(VARIANTS[variant].get("persistent_ctas", 0), v.shape[-1], q.device)
-    args = (cv(q), cv(k), cv(v), cv(o), cv(lse), cv(counts), cv(work), cutlass.Float32(log2_scale(scale)))
+    args = (cv(q), cv(k), cv(v), cv(o), cv(lse), cv(counts), cutlass.Float32(log2_scale(scale)))
 
     def launch():
         fn(*args, driver.CUstream(torch.cuda.current_stream().cuda_stream))
@@ -323,8 +297,8 @@ def gpu_cases():
     C.append(("1d s256 pairs", make_cfg(1, 256, 256), 2, (1000,), 3, 1))
     C.append(("2d s16 pairs", make_cfg(2, (20, 24), (16, 16)), 1, (48, 64), 2, 2))
     C.append(("3d pairs dil", make_cfg(3, (5, 8, 8), (4, 8, 8), (2, 1, 1), False, "bfloat16", 64), 1, (16, 16, 16), 2, 1))
-    # Uniform work (every item the same full KV tiles: ``split_tail`` pieces), item counts that
-    # leave a partial last wave on 132, 6 and 4 persistent CTAs; paired except the second.
+    # Uniform work (every item the same full KV tiles, as the block-sparse and dense rows), item
+    # counts that leave a partial last wave on 132, 6 and 4 persistent CTAs; paired but the second.
     C.append(("1d dense 5 heads", make_cfg(1, 4096), 1, (4096,), 5, 5))
     C.append(("1d w384 s128 gqa", make_cfg(1, 384, 128), 1, (4096,), 5, 1))
     C.append(("2d blocked 5 heads", make_cfg(2, (32, 32), (32, 32)), 1, (64, 64), 5, 5))

@@ -46,10 +46,6 @@ class FwdConfig:
     # looping over every gridDim.x-th work item; chosen per problem by
     # ``tile_choice.choose_persistent_ctas``.
     persistent_ctas: int = 0
-    # sm90, persistent CTAs whose work items all visit the same number of KV tiles, all full: the
-    # last, partial wave's tiles are cut evenly over the CTAs (``scheduler.SplitTail``), the
-    # pieces of an item merged through a workspace; chosen by ``tile_choice.choose_split_tail``.
-    split_tail: bool = False
 
     @property
     def rank(self) -> int:
@@ -63,14 +59,6 @@ class FwdConfig:
     def kv_tile_size(self) -> int:
         return prod(self.kv_tile_shape)
 
-
-
-def split_workspace_size(ctas: int, head_dim_v: int) -> int:
-    """Fp32 words of the sm90 kernel's ``split_tail`` workspace for ``ctas`` persistent CTAs: per
-    CTA and consumer warp (8) an int32 flag, then a slot of 32 lanes x (the lane's ``head_dim_v
-    / 2`` O values + row max and row sum of its 2 rows).  The flags must start at zero; the
-    kernel leaves them so."""
-    return ctas * 8 * (1 + 32 * (head_dim_v // 2 + 4))
 
 
 # Q and KV tile shapes the Hopper kernel is built for, per rank (products 128 / 64); sm100 reuses them.

@@ -18,7 +18,7 @@ from cutlass.cute.nvgpu import cpasync
 
 from gna_cute.kernels import tile_views
 from gna_cute.kernels.config import FwdConfig
-from gna_cute.kernels.scheduler import QTileWork, SplitTail, TileGeometry
+from gna_cute.kernels.scheduler import QTileWork, TileGeometry
 
 DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
 HEAD_DIMS = (32, 64, 128)
@@ -114,14 +114,6 @@ def persistent_work_range(geom: TileGeometry, mLSE: cute.Tensor, rank: int) -> t
     """``(first, end, step)``: the linear work items (tile fastest, then head, batch) of this
     CTA of a :func:`persistent_grid`: every ``gridDim.x``-th from ``blockIdx.x``."""
     return cute.arch.block_idx()[0], _total_work(geom, mLSE, rank), cute.arch.grid_dim()[0]
-
-
-def split_schedule(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int, cluster: int) -> SplitTail:
-    """This CTA's :class:`SplitTail` in a :func:`persistent_grid` whose items all visit the same
-    number of KV tiles (item 0's); units and lanes are clusters of ``cluster`` CTAs."""
-    tiles = decode_work(geom, mLSE, num_heads_kv, rank, Int32(0))[0].num_kv_tiles
-    return SplitTail(_total_work(geom, mLSE, rank) // cluster, cute.arch.grid_dim()[0] // cluster,
-                     cute.arch.block_idx()[0] // cluster, tiles, _select)
 
 
 def _work_of(geom: TileGeometry, mLSE: cute.Tensor, num_heads_kv: Int32, rank: int, tile: Int32, head: Int32,

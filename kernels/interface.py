@@ -248,7 +248,6 @@ def _config_of(
     sm_count: int,
 ) -> FwdConfig:
     """The config of a problem, cached: a repeated problem costs a lookup, not ~6 us of building."""
-    ctas = tile_choice.choose_persistent_ctas(arch, p, sm_count, q_tile_shape, kv_tile_shape)
     return FwdConfig(
         arch=arch,
         dtype=cute_tensors.dtype_name(dtype),
@@ -263,8 +262,7 @@ def _config_of(
         count_tiles=count_tiles,
         mainloop=tile_choice.choose_mainloop(arch, p, q_tile_shape, kv_tile_shape),
         cluster_dim=tile_choice.choose_cluster_dim(arch, p, q_tile_shape, kv_tile_shape),
-        persistent_ctas=ctas,
-        split_tail=tile_choice.choose_split_tail(arch, p, ctas, q_tile_shape, kv_tile_shape),
+        persistent_ctas=tile_choice.choose_persistent_ctas(arch, p, sm_count, q_tile_shape, kv_tile_shape),
     )
 
 
@@ -293,7 +291,6 @@ def _build(key: CompileKey) -> Any:
         fake(cfg.dtype, rank + 3),  # out
         fake("float32", rank + 2, align=_LSE_ALIGN_BYTES),  # lse [B, *spatial, H]
         fake("int32", 2 * rank + 1),  # counts (2, *dilation, *tiles)
-        fake("float32", 1, align=4),  # the split_tail workspace (config.split_workspace_size)
         cutlass.Float32(1.0),
         cute_tensors.fake_stream(key.tvm_ffi),
         options="--enable-tvm-ffi" if key.tvm_ffi else "",
@@ -361,13 +358,12 @@ def _launch(plan: Plan, count_tiles: bool) -> tuple[torch.Tensor, torch.Tensor, 
     part_counts = []
     with torch.cuda.device(q.device):
         unused = None if count_tiles else _unused_counts(q.device, cfg.rank)
-        work = _workspace(q.device, cfg)
         for part in parts:
             counts = unused
             if count_tiles:
                 shape = counts_shape(part.args.params, cfg.q_tile_shape)
                 counts = torch.zeros(shape, dtype=torch.int32, device=q.device)
-            _call(kernel, part, counts, work, scale_log2)
+            _call(kernel, part, counts, scale_log2)
             part_counts.append(counts)
     if not count_tiles:
         return out, lse, None
@@ -396,42 +392,18 @@ def _unused_counts(device: torch.device, rank: int) -> torch.Tensor:
     return counts
 
 
-_WORKSPACES: dict[tuple, torch.Tensor] = {}
-
-
-def _workspace(device: torch.device, cfg: FwdConfig) -> torch.Tensor:
-    """The ``split_tail`` workspace of ``cfg``'s kernels on ``device`` and torch's current stream
-    (one word for other kernels, which never touch it).
-
-    Its flags must be zero at launch; every launch leaves them so, and launches on one stream run
-    one after the other, so one zeroed buffer per (device, stream, size) serves every call (one
-    per stream: kernels on two streams may run at once).  Not kept when first asked for inside a
-    CUDA graph capture (it would live in the graph's pool; the capture then holds its own zeroing).
-    """
-    size = config.split_workspace_size(cfg.persistent_ctas, cfg.head_dim_v) if cfg.split_tail else 1
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream, size)
-    work = _WORKSPACES.get(key)
-    if work is None:
-        work = torch.zeros(size, dtype=torch.float32, device=device)
-        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-            work = _WORKSPACES.setdefault(key, work)
-    return work
-
-
-def _call(kernel: Any, part: dilation_split.GroupPart, counts: torch.Tensor, work: torch.Tensor,
-          scale_log2: float) -> None:
+def _call(kernel: Any, part: dilation_split.GroupPart, counts: torch.Tensor, scale_log2: float) -> None:
     """One launch on torch's current stream, writing through ``part``'s out/lse views."""
     q, k, v = part.args.q, part.args.k, part.args.v
     if cute_tensors.use_tvm_ffi():  # tensors as they are; the stream is torch's current one
-        kernel(_no_grad(q), _no_grad(k), _no_grad(v), part.out, part.lse, counts, work, scale_log2)
+        kernel(_no_grad(q), _no_grad(k), _no_grad(v), part.out, part.lse, counts, scale_log2)
         return
     import cutlass
 
     to_cute = cute_tensors.to_cute
     kernel(
         to_cute(q), to_cute(k), to_cute(v), to_cute(part.out), to_cute(part.lse, align=_LSE_ALIGN_BYTES),
-        to_cute(counts), to_cute(work, align=4), cutlass.Float32(scale_log2), cute_tensors.current_stream(q.device),
+        to_cute(counts), cutlass.Float32(scale_log2), cute_tensors.current_stream(q.device),
     )  # fmt: skip
 
 

@@ -156,7 +156,6 @@ class GNAFwdSm100:
         mO: cute.Tensor,
         mLSE: cute.Tensor,
         mCounts: cute.Tensor,
-        mWork: cute.Tensor,  # the sm90 split_tail workspace (unused: the call convention is shared)
         scale_log2: Float32,
         stream: cuda.CUstream,
     ):

@@ -100,7 +100,7 @@ class GNAFwdSm90:
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
-        overlap_items: bool = True, split_tail: bool | None = None,
+        overlap_items: bool = True,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -175,11 +175,6 @@ class GNAFwdSm90:
         # item's first QK right after this item's last PV, so the epilogue runs while the tensor
         # cores work on the next item instead of leaving them idle.
         self.overlap_items = overlap_items and self.persistent > 0 and self.q_stages == 2
-        # split_tail: pieces of items instead of whole items in the last wave (``SplitTail``); the
-        # host sets it only where every item has the same KV tiles, all full, so a piece is a
-        # range of the full box.
-        split_tail = cfg.split_tail if split_tail is None else split_tail  # dev override
-        self.split_tail = split_tail and self.overlap_items and not self.trace
 
     # ------------------------------------------------------------------ host side
     def _tile_coord(self, tile: list, head: Int32, group: list, batch: Int32) -> tuple:
@@ -223,7 +218,6 @@ class GNAFwdSm90:
         mO: cute.Tensor,
         mLSE: cute.Tensor,
         mCounts: cute.Tensor,
-        mWork: cute.Tensor,
         scale_log2: Float32,
         stream: cuda.CUstream,
     ):
@@ -257,7 +251,7 @@ class GNAFwdSm90:
             grid = fwd_common.persistent_grid(self.geom, mQ, n, self.persistent)
         else:
             grid = fwd_common.launch_grid(self.geom, mQ, n)
-        self.kernel(*tma, mLSE, mCounts, mWork, mK.shape[n + 1], scale_log2).launch(
+        self.kernel(*tma, mLSE, mCounts, mK.shape[n + 1], scale_log2).launch(
             grid=grid,
             block=[self.num_threads, 1, 1],
             cluster=[self.cluster, 1, 1],
@@ -280,7 +274,6 @@ class GNAFwdSm90:
         tma_O: cute.Tensor,
         mLSE: cute.Tensor,
         mCounts: cute.Tensor,
-        mWork: cute.Tensor,
         num_heads_kv: Int32,
         scale_log2: Float32,
     ):
@@ -342,7 +335,7 @@ class GNAFwdSm90:
         else:
             cute.arch.setmaxregister_increase(self.num_mma_regs)
             self.consume(
-                works, mLSE, num_heads_kv, tma_atom_O, tma_O, mCounts, mWork, sQ, sK, sV, sO,
+                works, mLSE, num_heads_kv, tma_atom_O, tma_O, mCounts, sQ, sK, sV, sO,
                 pipe_q, pipe_k, pipe_v, scale_log2,
             )
 
@@ -429,21 +422,17 @@ class GNAFwdSm90:
         item's Q and first K.  Waiting for that V's stage (released one tile after K's) no longer
         holds back the next item's first loads, which the consumers ask for right after this
         item's last PV."""
-        sched = self._split_schedule(mLSE, num_heads_kv)
-        first, end, step = self._piece_loop(works, sched)
-        w, _, _ = self._piece(sched, first)
-        work, _, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
+        work, _, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, works[0])
         pending = _PendingLoad(work.kv_lo, work.group, head_kv, batch)  # the V still to issue
         has_pending = Int32(0)
-        for x in cutlass.range(first, end, step, unroll=1):
-            w, a, b = self._piece(sched, x)
+        for w in cutlass.range(works[0], works[1], works[2], unroll=1):
             work, head, head_kv, batch = self._producer_item(w, mLSE, num_heads_kv)
             self._load_q(work, head, batch, tma_atom_Q, tma_Q, sQ, pipe_q, q_state)
             q_state.advance()
             self._stamp_lane0(9)
             pending, has_pending, k_state, v_state = self._load_kv_stream(
                 work, head_kv, batch, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_k, pipe_v,
-                pending, has_pending, k_state, v_state, a, b,
+                pending, has_pending, k_state, v_state,
             )
         self._load_pending_v(tma_atom_V, tVgV, tVsV, pipe_v, pending, v_state)
         v_state.advance()
@@ -454,46 +443,27 @@ class GNAFwdSm90:
         self, work: QTileWork, head_kv: Int32, batch: Int32, tma_atom_K: cute.CopyAtom, tKgK: cute.Tensor,
         tKsK: cute.Tensor, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor, pipe_k: Any,
         pipe_v: Any, pending: _PendingLoad, has_pending: Int32, k_state: Any, v_state: Any,
-        a: Int32 = 0, b: Int32 = 0,
     ) -> tuple:
         """One item's K/V loads with K one tile ahead of V: each tile's K, then the ``pending``
         V (the previous tile's, possibly of an earlier item).  The overlapped consumer needs K(j)
         before V(j-1); issued together, V's stage releases (one tile later than K's) would
         throttle the K prefetch.  Returns the V still owed (this item's last), whether there is
-        one, and the K/V pipeline positions.  With ``split_tail``: only the piece's tiles
-        ``[a, b)`` of the item's full box (its only box)."""
-        args = (work, head_kv, batch, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_k, pipe_v)
-        if const_expr(self.split_tail):
-            cur = TileCursor(work.full_tile(a))
-            for _ in cutlass.range(b - a, unroll=1):
-                pending, k_state, v_state = self._load_kv_step(*args, pending, has_pending, k_state, v_state, cur)
+        one, and the K/V pipeline positions."""
+        for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
+            cur = TileCursor(origin)
+            for _ in cutlass.range(math.prod(extent), unroll=1):
+                self._load_kv(tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch, cur.idx, k_state)
+                k_state.advance()
+                if const_expr(self.trace):
+                    if has_pending == 0:
+                        self._stamp_lane0(10)
+                if has_pending > 0:
+                    self._load_pending_v(tma_atom_V, tVgV, tVsV, pipe_v, pending, v_state)
+                    v_state.advance()
+                pending = _PendingLoad(cur.idx, work.group, head_kv, batch)
                 has_pending = Int32(1)
-                cur = TileCursor(work.box_step(cur.idx, work.full_lo, work.full_extent))
-        else:
-            for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
-                cur = TileCursor(origin)
-                for _ in cutlass.range(math.prod(extent), unroll=1):
-                    pending, k_state, v_state = self._load_kv_step(*args, pending, has_pending, k_state, v_state, cur)
-                    has_pending = Int32(1)
-                    cur = TileCursor(work.box_step(cur.idx, origin, extent))
+                cur = TileCursor(work.box_step(cur.idx, origin, extent))
         return pending, has_pending, k_state, v_state
-
-    @cute.jit
-    def _load_kv_step(
-        self, work: QTileWork, head_kv: Int32, batch: Int32, tma_atom_K: cute.CopyAtom, tKgK: cute.Tensor,
-        tKsK: cute.Tensor, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor, pipe_k: Any,
-        pipe_v: Any, pending: _PendingLoad, has_pending: Int32, k_state: Any, v_state: Any, cur: TileCursor,
-    ) -> tuple:
-        """KV tile ``cur``'s K, then the owed V; returns the V now owed (``cur``'s) and the positions."""
-        self._load_kv(tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch, cur.idx, k_state)
-        k_state.advance()
-        if const_expr(self.trace):
-            if has_pending == 0:
-                self._stamp_lane0(10)
-        if has_pending > 0:
-            self._load_pending_v(tma_atom_V, tVgV, tVsV, pipe_v, pending, v_state)
-            v_state.advance()
-        return _PendingLoad(cur.idx, work.group, head_kv, batch), k_state, v_state
 
     def _load_pending_v(
         self, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor, pipe_v: Any, pending: _PendingLoad,
@@ -513,26 +483,6 @@ class GNAFwdSm90:
                 self._stamp(0, cute.arch.smid())
                 self._stamp(1, cute.arch.globaltimer_lo())
         return fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
-
-    def _split_schedule(self, mLSE: cute.Tensor, num_heads_kv: Int32) -> Any:
-        """This CTA's ``SplitTail`` with ``split_tail``, else None."""
-        if const_expr(self.split_tail):
-            return fwd_common.split_schedule(self.geom, mLSE, num_heads_kv, self.rank, self.cluster)
-        return None
-
-    def _piece_loop(self, works: tuple, sched: Any) -> tuple:
-        """``(first, end, step)`` of the persistent loop: over pieces (``split_tail``) or items."""
-        if const_expr(self.split_tail):
-            return Int32(0), sched.num_pieces(), Int32(1)
-        return works
-
-    def _piece(self, sched: Any, x: Int32) -> tuple:
-        """``(work item, a, b)`` at loop position ``x``: tiles ``[a, b)`` of the item with
-        ``split_tail``; else item ``x`` whole (``a``, ``b`` unused)."""
-        if const_expr(self.split_tail):
-            unit, a, b = sched.piece(x)
-            return unit * self.cluster + cute.arch.block_idx()[0] % self.cluster, a, b
-        return x, Int32(0), Int32(0)
 
     def _load_q(
         self, work: QTileWork, head: Int32, batch: Int32, tma_atom_Q: cute.CopyAtom, tma_Q: cute.Tensor,
@@ -562,8 +512,8 @@ class GNAFwdSm90:
     @cute.jit
     def consume(
         self, works: tuple, mLSE: cute.Tensor, num_heads_kv: Int32, tma_atom_O: cute.CopyAtom,
-        tma_O: cute.Tensor, mCounts: cute.Tensor, mWork: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor,
-        sV: cute.Tensor, sO: cute.Tensor, pipe_q: Any, pipe_k: Any, pipe_v: Any, scale_log2: Float32,
+        tma_O: cute.Tensor, mCounts: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
+        sO: cute.Tensor, pipe_q: Any, pipe_k: Any, pipe_v: Any, scale_log2: Float32,
     ):
         """Consumer warpgroups: per work item, the KV loop (masked body only on partial tiles),
         then the epilogue."""
@@ -604,7 +554,7 @@ class GNAFwdSm90:
             softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, t_centry,
         )
         if const_expr(self.overlap_items):
-            self._consume_items(works, num_heads_kv, mWork, *tile_args[:-1], q_state, kv_state)
+            self._consume_items(works, num_heads_kv, *tile_args[:-1], q_state, kv_state)
             if self._is_o_store_warp(wg):
                 fwd_common.tma_store_wait()  # the last item's O store has read its smem
         elif const_expr(self.persistent > 0):
@@ -885,26 +835,21 @@ class GNAFwdSm90:
         self, work: QTileWork, wg: Int32, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
         tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, state: Any,
-        a: Int32 = 0, b: Int32 = 0,
     ) -> Any:
         """The rotated steps after the peeled tile 0: the partial tiles, then the full ones;
-        returns the last tile's pipeline position.  With ``split_tail``: full tiles ``a + 1 .. b``."""
+        returns the last tile's pipeline position."""
         step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
-        if const_expr(self.split_tail):
-            for f in cutlass.range(a + 1, b, unroll=1):
-                state = self._rotated_step(wg, work.full_tile, f, False, *step, state)
-        else:
-            num_partial = work.num_partial_tiles
-            for j in cutlass.range(1, num_partial, unroll=1):
-                state = self._rotated_step(wg, work.partial_tile, j, True, *step, state)
-            # The full tiles; the first one was peeled when there is no partial tile.
-            for f in cutlass.range(1 - cutlass.min(num_partial, 1), work.num_full_tiles, unroll=1):
-                state = self._rotated_step(wg, work.full_tile, f, False, *step, state)
+        num_partial = work.num_partial_tiles
+        for j in cutlass.range(1, num_partial, unroll=1):
+            state = self._rotated_step(wg, work.partial_tile, j, True, *step, state)
+        # The full tiles; the first one was peeled when there is no partial tile.
+        for f in cutlass.range(1 - cutlass.min(num_partial, 1), work.num_full_tiles, unroll=1):
+            state = self._rotated_step(wg, work.full_tile, f, False, *step, state)
         return state
 
     @cute.jit
     def _consume_items(
-        self, works: tuple, num_heads_kv: Int32, mWork: cute.Tensor, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor,
+        self, works: tuple, num_heads_kv: Int32, tma_atom_O: cute.CopyAtom, tma_O: cute.Tensor,
         mLSE: cute.Tensor, mCounts: cute.Tensor, sO: cute.Tensor, pipe_q: Any, pipe_k: Any, pipe_v: Any,
         wg: Int32, tidx: Int32, row_coords: list, col_coords: list, softmax: OnlineSoftmax,
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor, tSrK: cute.Tensor,
@@ -918,32 +863,28 @@ class GNAFwdSm90:
         tile's softmax.  Every WGMMA is waited for inside the iteration that issued it, and none
         sits in a branch: ptxas serializes every WGMMA of the kernel otherwise (seen in the SASS:
         a wait after each one).  So the last item issues its "next" QK too, on the stale Q and K
-        stages, and throws the result away.  With ``split_tail`` the loop runs over pieces
-        (tiles ``[a, b)`` of an item), and a piece's end is ``_finish_piece``.
+        stages, and throws the result away.
         """
-        sched = self._split_schedule(mLSE, num_heads_kv)
-        first, end, stride = self._piece_loop(works, sched)
-        w, a, b = self._piece(sched, first)
-        work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
+        first, end, stride = works
+        work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, first)
         acc_O.fill(0.0)
         softmax.reset()
         pipe_q.consumer_wait(q_state)
         self._qk(acc_S, tSrQ[None, None, None, q_state.index], tSrK, pipe_k, state)
-        self._stamp_first_s(w, tidx)
-        self._first_tile_scores(work, RowWindows(work, row_coords), col_coords, softmax, row_scale, acc_S, acc_O, tOrP,
-                                a)
-        for x in cutlass.range(first, end, stride, unroll=1):
+        self._stamp_first_s(first, tidx)
+        self._first_tile_scores(work, RowWindows(work, row_coords), col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
+        for w in cutlass.range(first, end, stride, unroll=1):
             self._set_trace_item(w)
             t_q = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
             windows = RowWindows(work, row_coords)  # per item: a register array carried across the loop goes to local memory
             step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ[None, None, None, q_state.index],
                     tSrK, tOrP, tOrVt, pipe_k, pipe_v)
-            state = self._rotated_rest(work, wg, *step, state, a, b)
+            state = self._rotated_rest(work, wg, *step, state)
             pipe_q.consumer_release(q_state)  # every QK of this item is done: a later Q may load
             q_state.advance()
             v_state = state.clone()
             state.advance()
-            nxt = x + stride
+            nxt = w + stride
             has_next = nxt < end
             pipe_v.consumer_wait(v_state)
             _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
@@ -955,116 +896,29 @@ class GNAFwdSm90:
             warpgroup.wait_group(1)  # the last PV
             pipe_v.consumer_release(v_state)
             t_loop = cute.arch.globaltimer_lo() if const_expr(self.trace) else Int32(0)
-            finish = (work, head, batch, work.num_full_tiles, softmax, row_scale, acc_O, row_coords, col_coords[0], wg,
-                      tidx, sO, tma_atom_O, tma_O, mLSE, mCounts, t_q, t_loop)
-            if const_expr(self.split_tail):
-                self._finish_piece(sched, mWork, w, a, b, *finish)
-            else:
-                self._finish_item(*finish)
+            self._finish_item(work, head, batch, work.num_full_tiles, softmax, row_scale, acc_O, row_coords,
+                              col_coords[0], wg, tidx, sO, tma_atom_O, tma_O, mLSE, mCounts, t_q, t_loop)
             # The next item (past the end: decoded, its S computed from stale smem, all unused).
-            w, a, b = self._piece(sched, nxt)
-            work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, w)
+            work, head, _, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, nxt)
             acc_O.fill(0.0)
             softmax.reset()
             warpgroup.wait_group(0)  # the next item's first QK
             if has_next:
-                self._stamp_first_s(w, tidx)
+                self._stamp_first_s(nxt, tidx)
                 pipe_k.consumer_release(state)
                 self._first_tile_scores(work, RowWindows(work, row_coords), col_coords, softmax, row_scale, acc_S,
-                                        acc_O, tOrP, a)
+                                        acc_O, tOrP)
 
     @cute.jit
     def _first_tile_scores(
         self, work: QTileWork, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
-        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tOrP: cute.Tensor, a: Int32 = 0,
+        row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tOrP: cute.Tensor,
     ) -> None:
-        """Tile 0 of ``work`` (its QK done): masked if the item has partial tiles (they go first).
-        With ``split_tail``: full tile ``a``, the piece's first."""
-        if const_expr(self.split_tail):
-            self._first_scores(work.full_tile(a), False, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
-        elif work.num_partial_tiles > 0:
+        """Tile 0 of ``work`` (its QK done): masked if the item has partial tiles (they go first)."""
+        if work.num_partial_tiles > 0:
             self._first_scores(work.partial_tile(0), True, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
         else:
             self._first_scores(work.full_tile(0), False, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
-
-    @cute.jit
-    def _finish_piece(
-        self, sched: Any, mWork: cute.Tensor, w: Int32, a: Int32, b: Int32, work: QTileWork, *finish: Any,
-    ) -> None:
-        """The end of a piece (``split_tail``; after its last PV): a piece starting inside its item
-        leaves its state in the workspace; one starting at tile 0 merges the item's other pieces
-        (each left by the lane that ran it), then runs the item's epilogue."""
-        softmax, acc_O = finish[3], finish[5]
-        rank = cute.arch.block_idx()[0] % self.cluster  # in a pair, each CTA has its own slots
-        if a > 0:
-            self._write_partial(mWork, cute.arch.block_idx()[0], acc_O, softmax)
-        else:
-            if b < sched.tiles:
-                lo, hi = sched.writers(w // self.cluster, b)
-                for lane in cutlass.range(lo, hi + 1, unroll=1):
-                    if sched.has_range(lane):
-                        self._merge_partial(mWork, lane * self.cluster + rank, acc_O, softmax)
-            self._finish_item(work, *finish)
-
-    def _partial_index(self, slot: Int32, value: int, num_values: int) -> Int32:
-        """Where value ``value`` (of ``num_values``) of this thread's state in workspace slot
-        ``slot`` lives: per slot and consumer warp ``[value][lane]`` (a value of the warp's 32
-        lanes is one 128-byte row), after the ``grid * 8`` flags."""
-        tidx = cute.arch.thread_idx()[0] - 128
-        flags = cute.arch.grid_dim()[0] * 8
-        return flags + ((slot * 8 + tidx // 32) * num_values + value) * 32 + tidx % 32
-
-    def _flag(self, mWork: cute.Tensor, slot: Int32) -> Any:
-        """Slot ``slot``'s flag of this consumer warp: an int32 among the workspace's first words."""
-        warp = (cute.arch.thread_idx()[0] - 128) // 32
-        return cute.recast_ptr(mWork.iterator + (slot * 8 + warp), dtype=Int32)
-
-    @cute.jit
-    def _write_partial(self, mWork: cute.Tensor, slot: Int32, acc_O: cute.Tensor, softmax: OnlineSoftmax) -> None:
-        """Store this thread's unnormalized O, row max and row sum in ``slot``, then (per warp,
-        after every lane's stores) raise the slot's flag with release semantics."""
-        o_rows = acc_rows_view(acc_O)
-        rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
-        nv = rows * cols + 2 * rows
-        for r in cutlass.range_constexpr(rows):
-            for col in cutlass.range_constexpr(cols):
-                mWork[self._partial_index(slot, r * cols + col, nv)] = o_rows[r, col]
-            mWork[self._partial_index(slot, rows * cols + r, nv)] = softmax.row_max[r]
-            mWork[self._partial_index(slot, rows * cols + rows + r, nv)] = softmax.row_sum[r]
-        cute.arch.fence_acq_rel_gpu()
-        cute.arch.sync_warp()
-        if cute.arch.lane_idx() == 0:
-            cute.arch.store(self._flag(mWork, slot), Int32(1), sem="release", scope="gpu")
-
-    @cute.jit
-    def _merge_partial(self, mWork: cute.Tensor, slot: Int32, acc_O: cute.Tensor, softmax: OnlineSoftmax) -> None:
-        """Wait for ``slot``'s flag, fold its state into this thread's (two partial softmax sums
-        rescaled to their common max), and lower the flag for the next launch."""
-        flag = self._flag(mWork, slot)
-        if cute.arch.lane_idx() == 0:
-            while cute.arch.load(flag, Int32, sem="acquire", scope="gpu") == 0:
-                pass
-        cute.arch.sync_warp()
-        cute.arch.fence_acq_rel_gpu()
-        o_rows = acc_rows_view(acc_O)
-        rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
-        nv = rows * cols + 2 * rows
-        c = softmax.scale_log2
-        for r in cutlass.range_constexpr(rows):
-            m_self = softmax.row_max[r]
-            m_other = mWork[self._partial_index(slot, rows * cols + r, nv)]
-            m_new = cute.arch.fmax(m_self, m_other)
-            safe = Float32(0.0) if m_new == -Float32.inf else m_new
-            f_self = cute.math.exp2(m_self * c - safe * c, fastmath=True)
-            f_other = cute.math.exp2(m_other * c - safe * c, fastmath=True)
-            softmax.row_max[r] = m_new
-            l_other = mWork[self._partial_index(slot, rows * cols + rows + r, nv)]
-            softmax.row_sum[r] = softmax.row_sum[r] * f_self + l_other * f_other
-            for col in cutlass.range_constexpr(cols):
-                o_rows[r, col] = o_rows[r, col] * f_self + mWork[self._partial_index(slot, r * cols + col, nv)] * f_other
-        cute.arch.sync_warp()
-        if cute.arch.lane_idx() == 0:
-            cute.arch.store(flag, Int32(0))
 
     def _is_o_store_warp(self, wg: Int32) -> Any:
         """Whether this warp issues (and waits for) the O stores: the first warp of the storing

@@ -188,23 +188,6 @@ def choose_persistent_ctas(arch: int, params: GNAParams, sm_count: int, q_tile_s
     return 0
 
 
-def choose_split_tail(arch: int, params: GNAParams, persistent_ctas: int, q_tile_shape: tuple[int, ...],
-                      kv_tile_shape: tuple[int, ...]) -> bool:
-    """``FwdConfig.split_tail``: persistent CTAs whose items are all alike (one full KV box each)
-    cut the last, partial wave into even pieces (``scheduler.SplitTail``).
-
-    Whether a launch has a partial wave depends on batch and heads (run-time values); with none,
-    the kernel runs whole items as before.  The flat tile arithmetic is int32: refused where
-    ``tiles x CTAs^2`` could pass 2^31 (a single item of ~120k KV tiles).
-    """
-    if arch != 90 or persistent_ctas <= 0 or not _uniform_work(params, q_tile_shape, kv_tile_shape):
-        return False
-    from gna_cute.sim import tile_counts
-
-    tiles = int(tile_counts(params, q_tile_shape, kv_tile_shape)[0].max())
-    return tiles * persistent_ctas * persistent_ctas < 2**31
-
-
 def _uniform_work(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...]) -> bool:
     """Whether every Q tile visits the same number of KV tiles, all of them unmasked (the
     simulator's per-tile counts, the ones the kernels' debug counters are tested against)."""

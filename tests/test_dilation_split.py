@@ -182,7 +182,7 @@ class _KernelStandIn:
         self.cfg = cfg
         self.calls = 0
 
-    def __call__(self, q, k, v, out, lse, counts, work, scale_log2) -> None:
+    def __call__(self, q, k, v, out, lse, counts, scale_log2) -> None:
         cfg = self.cfg
         self.calls += 1
         for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):

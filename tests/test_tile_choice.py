@@ -189,22 +189,6 @@ def test_persistent_ctas_policy(arch: int, params: GNAParams, sm_count: int, til
 
 
 @pytest.mark.parametrize(
-    "params, ctas, tiles, expected",
-    [
-        (GNAParams.make((32768,), 32768), 132, T1, True),  # 1D dense: 256 items of 256 tiles
-        (GNAParams.make((32768,), 2048, 2048), 132, T1, True),  # blocked
-        (GNAParams.make((32768,), 2048), 132, T1, False),  # s=1: items differ (borders), masked tiles
-        (GNAParams.make((256, 256), (80, 80), (16, 16)), 132, T2, True),
-        (GNAParams.make((256, 256), (80, 80)), 0, T2, False),  # not persistent
-        (GNAParams.make((2048, 8192), (2048, 8192)), 132, T2, False),  # 131072 tiles x 132^2 > 2^31
-    ],
-)
-def test_split_tail_policy(params: GNAParams, ctas: int, tiles: tuple, expected: bool) -> None:
-    assert tile_choice.choose_split_tail(90, params, ctas, *tiles) == expected
-    assert not tile_choice.choose_split_tail(100, params, ctas, *tiles)
-
-
-@pytest.mark.parametrize(
     "spatial, window, stride, causal, tiles",
     [
         ((32, 48), (20, 20), (16, 16), False, T2),
@@ -235,8 +219,6 @@ def test_uniform_work_matches_the_brute_force_mask(spatial, window, stride, caus
 def test_host_layer_sets_persistent_ctas_from_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(interface, "_sm_count", lambda device: 114)
     assert interface.make_config(_args((4096,), 512, 1), 90).persistent_ctas == 114
-    assert not interface.make_config(_args((4096,), 512, 1), 90).split_tail  # s=1: borders differ
-    assert interface.make_config(_args((4096,), 512, 512), 90).split_tail
     assert interface.make_config(_args((64, 64), (16, 16), 1), 90).persistent_ctas == 0
     monkeypatch.setattr(interface, "_sm_count", lambda device: 0)
     assert interface.make_config(_args((4096,), 512, 1), 90).persistent_ctas == 0
