@@ -450,7 +450,7 @@ def sweep_keys(variants, rows, cfgs) -> list:
 
 
 def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
-    """Per variant: the 13 correctness cases; then every bench row for every variant, ``rounds``
+    """Per variant: the correctness cases (``gpu_cases``); then every bench row for every variant, ``rounds``
     times (interleaved, so the spread between rounds is the run-to-run noise), and cuDNN.
     ``save(result)`` runs after every step, so a run cut short keeps what it measured."""
     import torch
