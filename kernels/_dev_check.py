@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from gna_cute.kernels.config import FwdConfig
+from gna_cute.kernels.scheduler import TileGeometry
 
 
 def make_cfg(rank, kernel_size, stride=1, dilation=1, causal=False, dtype="float16", head_dim=128,
@@ -207,9 +208,9 @@ def with_pairs(cfg: FwdConfig, spatial) -> FwdConfig:
     return FwdConfig(**{**cfg.__dict__, "cluster_dim": choose_cluster_dim(90, p, cfg.q_tile_shape, cfg.kv_tile_shape)})
 
 
-def q_tiles(cfg: FwdConfig, spatial) -> list:
-    """Q tiles per spatial dim of one dilation group (the counts argument's tile modes)."""
-    return [math.ceil(math.ceil(spatial[i] / cfg.dilation[i]) / cfg.q_tile_shape[i]) for i in range(cfg.rank)]
+def counted(cfg: FwdConfig) -> FwdConfig:
+    """``cfg`` with the debug tile counts on (the correctness cases compare them with the simulator)."""
+    return FwdConfig(**{**cfg.__dict__, "count_tiles": True})
 
 
 def run_key(cfg: FwdConfig, variant: str, spatial) -> VariantKey:
@@ -235,11 +236,12 @@ def run_kernel(cfg: FwdConfig, q, k, v, scale, variant="serial", counts=None):
 
     r = cfg.rank
     key = run_key(cfg, variant, tuple(q.shape[1:1 + r]))
-    cfg, variant = key.cfg, key.variant
+    cfg = key.cfg
     o = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:-1], float("nan"), device=q.device, dtype=torch.float32)
     if counts is None:
-        counts = torch.full((2, *cfg.dilation, *q_tiles(cfg, q.shape[1:1 + r])), -1, device=q.device, dtype=torch.int32)
+        tiles = TileGeometry.from_config(cfg).tiles_per_dim(q.shape[1:1 + r])
+        counts = torch.full((2, *cfg.dilation, *tiles), -1, device=q.device, dtype=torch.int32)
 
     def cv(t):
         return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
@@ -323,7 +325,7 @@ def gpu_main(variant: str = "serial") -> int:
         scale = D ** -0.5
         try:
             t0 = time.time()
-            cfg_c = FwdConfig(**{**cfg.__dict__, "count_tiles": True})
+            cfg_c = counted(cfg)
             o, lse, counts, _ = run_kernel(cfg_c, q, k, v, scale, variant)
             torch.cuda.synchronize()
             t1 = time.time() - t0
@@ -444,7 +446,7 @@ def _timed_variants(row: str, variants) -> list:
 
 def sweep_keys(variants, rows, cfgs) -> list:
     """Every kernel ``sweep`` runs: the correctness cases per variant, the timed (row, variant) pairs."""
-    keys = [run_key(FwdConfig(**{**cfg.__dict__, "count_tiles": True}), v, spatial)
+    keys = [run_key(counted(cfg), v, spatial)
             for v in variants for _, cfg, _, spatial, *_ in gpu_cases()]
     return keys + [run_key(c, v, row[2]) for row, c in zip(rows, cfgs) for v in _timed_variants(row[0], variants)]
 
@@ -545,7 +547,7 @@ def trace_main(variant: str = "rotated+mc+pers+trace", calls: int = 5, warm: boo
     flush = torch.empty(2 * torch.cuda.get_device_properties(0).L2_cache_size // 4, dtype=torch.int32, device="cuda")
     for (name, rank, spatial, H, *_), cfg in zip(rows, bench_cfgs(rows)):
         q, k, v = (torch.randn(1, *spatial, H, 128, device="cuda", dtype=torch.float16) for _ in range(3))
-        items = math.prod(q_tiles(cfg, spatial)) * math.prod(cfg.dilation) * H
+        items = TileGeometry.from_config(cfg).num_work_tiles(spatial) * H
         grid = min(items, ctas)
         trace = torch.zeros((items, 32, *([1] * (2 * rank - 1))), device="cuda", dtype=torch.int32)
         _, _, _, launch = run_kernel(cfg, q, k, v, 128 ** -0.5, variant, counts=trace)

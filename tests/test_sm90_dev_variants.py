@@ -1,7 +1,8 @@
 """CPU, in CI: the sm90 kernel's dev-only options still compile for sm_90a, and do what they say.
 
-The persistent ``trace`` variant must compile and read the global timer, the plain kernel must not.  A fresh process with SASS dumps on
-compiles the ``_dev_check`` variants of a 1D problem with Q-tile pairs.
+The persistent ``trace`` variant must compile and read the global timer, the plain kernel must not.
+A fresh process with SASS dumps on compiles the ``_dev_check`` variants of a 1D problem with Q-tile
+pairs.
 """
 
 from __future__ import annotations
