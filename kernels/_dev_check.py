@@ -79,7 +79,7 @@ VARIANTS = {
     "rotated+turns+3st": dict(mainloop="rotated", alias_o=True),
     # rotated+turns with Q-tile pairs in clusters sharing K/V loads where the problem allows it
     # (the config's cluster_dim, set per problem in ``run_kernel``; the product's host layer does
-    # the same through ``tile_choice.choose_cluster_dim``).
+    # the same through ``tile_choice.choose_cluster``).
     "rotated+mc": dict(mainloop="rotated"),
     # writing a per-work-item timeline into the counts argument (``GNAFwdSm90(trace=True)``;
     # docs/sm90-kernel.md, "Persistent CTAs").
@@ -97,13 +97,26 @@ VARIANTS = {
     "rotated+mc+pers+seq": dict(mainloop="rotated", persistent_ctas=132, overlap_items=False),
     "rotated+mc+pers4+seq": dict(mainloop="rotated", persistent_ctas=4, overlap_items=False),
     "rotated+mc+pers6": dict(mainloop="rotated", persistent_ctas=6),
+    # clusters of four Q tiles sharing K/V where the problem allows it (else pairs): one CTA per
+    # item, 132 / 128 persistent CTAs (33 / 32 clusters; how many are co-resident depends on the
+    # GPCs), and a few (check only)
+    "rotated+q4": dict(mainloop="rotated"),
+    "rotated+q4+pers": dict(mainloop="rotated", persistent_ctas=132),
+    "rotated+q4+pers128": dict(mainloop="rotated", persistent_ctas=128),
+    "rotated+q4+pers4": dict(mainloop="rotated", persistent_ctas=4),
+    "rotated+q4+pers8": dict(mainloop="rotated", persistent_ctas=8),
+    "rotated+q4+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
 }
 #: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
 PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4", "rotated+mc+pers+trace",
                    "rotated+mc+split", "rotated+mc+pers+whole", "rotated+mc+pers+seq", "rotated+mc+pers4+seq",
                    "rotated+mc+pers6")
+#: Variants whose config groups four Q tiles per cluster when the problem allows (else pairs).
+QUAD_VARIANTS = ("rotated+q4", "rotated+q4+pers", "rotated+q4+pers128", "rotated+q4+pers4", "rotated+q4+pers8",
+                 "rotated+q4+pers+trace")
 #: Variants ``sweep`` checks for correctness but does not time (a few CTAs: slow by design).
-CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq", "rotated+mc+pers6")
+CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq", "rotated+mc+pers6", "rotated+q4+pers4",
+                       "rotated+q4+pers8")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 
@@ -199,13 +212,15 @@ def warm_variants(keys, workers: int | None = None) -> int:
     return sum(e is not None for e in errors)
 
 
-def with_pairs(cfg: FwdConfig, spatial) -> FwdConfig:
-    """``cfg`` with the cluster dim the host layer would choose for this spatial shape (or -1)."""
-    from gna_cute.kernels.tile_choice import choose_cluster_dim
+def with_pairs(cfg: FwdConfig, spatial, max_size: int = 2) -> FwdConfig:
+    """``cfg`` with the cluster dim and size (up to ``max_size``) the host layer would choose for
+    this spatial shape (dim -1: none)."""
+    from gna_cute.kernels.tile_choice import choose_cluster
     from gna_cute.params import GNAParams
 
     p = GNAParams.make(spatial, cfg.kernel_size, cfg.stride, cfg.dilation, cfg.is_causal)
-    return FwdConfig(**{**cfg.__dict__, "cluster_dim": choose_cluster_dim(90, p, cfg.q_tile_shape, cfg.kv_tile_shape)})
+    dim, size = choose_cluster(90, p, cfg.q_tile_shape, cfg.kv_tile_shape, max_size)
+    return FwdConfig(**{**cfg.__dict__, "cluster_dim": dim, "cluster_size": size})
 
 
 def counted(cfg: FwdConfig) -> FwdConfig:
@@ -216,8 +231,8 @@ def counted(cfg: FwdConfig) -> FwdConfig:
 def run_key(cfg: FwdConfig, variant: str, spatial) -> VariantKey:
     """The kernel ``run_kernel`` runs for ``variant`` on a problem of size ``spatial`` (Q-tile
     pairs where the variant and the problem allow); ``sweep``'s warm-up compiles the same keys."""
-    if variant in PAIRED_VARIANTS:
-        cfg = with_pairs(cfg, spatial)
+    if variant in PAIRED_VARIANTS or variant in QUAD_VARIANTS:
+        cfg = with_pairs(cfg, spatial, 4 if variant in QUAD_VARIANTS else 2)
     return VariantKey.of(cfg, variant)
 
 
@@ -305,6 +320,11 @@ def gpu_cases():
     C.append(("1d w384 s128 gqa", make_cfg(1, 384, 128), 1, (4096,), 5, 1))
     C.append(("2d blocked 5 heads", make_cfg(2, (32, 32), (32, 32)), 1, (64, 64), 5, 5))
     C.append(("3d blocked bf16 d64", make_cfg(3, (4, 8, 8), (4, 8, 8), 1, False, "bfloat16", 64), 1, (8, 16, 16), 5, 5))
+    # Clusters of four (the q4 variants): a dense 2D dim of 8 tiles, and a 1D stride of 4 Q tiles
+    # with its last group cut short by the border (1D dense, 1D dense 5 heads and 2D blocked above
+    # also group by four).
+    C.append(("2d dense quads gqa", make_cfg(2, (32, 64)), 1, (32, 64), 4, 2))
+    C.append(("1d s512 quads bf16", make_cfg(1, 700, 512, 1, False, "bfloat16"), 1, (2000,), 3, 3))
     return C
 
 
@@ -413,6 +433,8 @@ BENCH_ROWS = [  # most important first: a run cut short keeps these
     ("1d32K dense", 1, (32768,), 1, (32768,), (1,), None, None, "graph"),
     ("1d32K w2048 s2048", 1, (32768,), 1, (2048,), (2048,), None, None, "graph"),
     ("3d w18x24x24 s16x8x8", 3, (30, 48, 80), 24, (18, 24, 24), (16, 8, 8), None, None, "events"),
+    # Q tiles that group by four along dim 0 (the q4 variants) and by two along dim 1
+    ("3d w18x24x24 s16x8x8 q4x4x8", 3, (30, 48, 80), 24, (18, 24, 24), (16, 8, 8), (4, 4, 8), (2, 8, 8), "events"),
 ]
 #: Rows timed for a few variants only (the 3D problem is large: ~50 ms a call).
 ROW_VARIANTS = {"3d w18x24x24 s1": ("serial", "rotated+turns", "hybrid"),

@@ -42,6 +42,9 @@ class FwdConfig:
     # every K/V load (TMA multicast); only where their KV schedules are identical
     # (``scheduler.pairable_dims``, checked by the host layer for each problem).
     cluster_dim: int = -1
+    # sm90, with cluster_dim >= 0: how many neighbouring Q tiles (2 or 4) form one cluster sharing
+    # every K/V load (``tile_choice.choose_cluster_size``).
+    cluster_size: int = 2
     # sm90: 0 (one CTA per work item), or the number of persistent CTAs (the SM count, even), each
     # looping over every gridDim.x-th work item; chosen per problem by
     # ``tile_choice.choose_persistent_ctas``.

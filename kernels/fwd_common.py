@@ -34,8 +34,12 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
         raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in {HEAD_DIMS}")
     if cfg.cluster_dim >= 0 and (arch != 90 or cfg.cluster_dim >= cfg.rank):
         raise ValueError(f"cluster_dim={cfg.cluster_dim}: clusters of paired Q tiles are sm90 only, dim < rank")
+    if cfg.cluster_size not in (2, 4):
+        raise ValueError(f"cluster_size={cfg.cluster_size} must be 2 or 4")
     if cfg.persistent_ctas and (arch != 90 or cfg.persistent_ctas < 0 or cfg.persistent_ctas % 2):
         raise ValueError(f"persistent_ctas={cfg.persistent_ctas}: persistent CTAs are sm90 only, an even count >= 0")
+    if cfg.cluster_dim >= 0 and cfg.persistent_ctas % cfg.cluster_size:
+        raise ValueError(f"persistent_ctas={cfg.persistent_ctas}: must be a multiple of cluster_size={cfg.cluster_size}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +110,8 @@ def _select(cond: Any, a: Any, b: Any) -> Int32:
 
 def persistent_grid(geom: TileGeometry, mQ: cute.Tensor, rank: int, ctas: int) -> tuple:
     """A persistent launch: ``min(work items, ctas)`` CTAs, each looping over work items
-    (``ctas`` even: clusters of two CTAs take consecutive items, the two tiles of a pair)."""
+    (``ctas`` a multiple of the cluster size: a cluster's CTAs take consecutive items, the tiles
+    of one group that share their K/V loads)."""
     return (cutlass.min(_total_work(geom, mQ, rank), ctas), 1, 1)
 
 

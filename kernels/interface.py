@@ -261,7 +261,7 @@ def _config_of(
         is_causal=p.is_causal,
         count_tiles=count_tiles,
         mainloop=tile_choice.choose_mainloop(arch, p, q_tile_shape, kv_tile_shape),
-        cluster_dim=tile_choice.choose_cluster_dim(arch, p, q_tile_shape, kv_tile_shape),
+        cluster_dim=tile_choice.choose_cluster(arch, p, q_tile_shape, kv_tile_shape)[0],
         persistent_ctas=tile_choice.choose_persistent_ctas(arch, p, sm_count, q_tile_shape, kv_tile_shape),
     )
 

@@ -40,9 +40,11 @@ class TileGeometry:
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
     is_causal: tuple[bool, ...]
-    # The dim along which work indices ``2w, 2w + 1`` are neighbouring Q tiles ``2t, 2t + 1`` (the
-    # two CTAs of a cluster that share their K/V loads); -1: the plain row-major order.
+    # The dim along which work indices ``s*w .. s*w + s-1`` are neighbouring Q tiles ``s*t .. s*t + s-1``
+    # (the ``s = pair_size`` CTAs of a cluster that share their K/V loads); -1: the plain row-major
+    # order.
     pair_dim: int = -1
+    pair_size: int = 2
 
     @classmethod
     def from_config(cls, cfg: Any) -> "TileGeometry":
@@ -55,6 +57,7 @@ class TileGeometry:
             tuple(cfg.dilation),
             tuple(bool(c) for c in cfg.is_causal),
             cfg.cluster_dim,
+            cfg.cluster_size,
         )
 
     @property
@@ -92,27 +95,31 @@ def dim_schedule(geom: TileGeometry, dim: int, q_tile: Num, group_len: Num, mn: 
     return lo, hi - lo, f_lo, mx(mn(f_hi, hi), f_lo) - f_lo
 
 
-def pairable_dims(geom: TileGeometry, lengths: Sequence[int]) -> list[int]:
-    """The dims along which Q tiles ``2t`` and ``2t + 1`` visit the same KV tiles in the same order,
-    for every ``t`` and dilation group (Python ints; ``lengths`` are the spatial sizes).
+def pairable_dims(geom: TileGeometry, lengths: Sequence[int], size: int = 2) -> list[int]:
+    """The dims along which Q tiles ``s*t .. s*t + s-1`` (``s = size``) visit the same KV tiles in
+    the same order, for every ``t`` and dilation group (Python ints; ``lengths`` are the spatial
+    sizes).
 
-    Why: two CTAs with identical KV schedules can share every K/V load (one TMA multicast into
-    both CTAs' shared memory).  Both tiles must exist (an even tile count) and have the same
-    visited and full boxes per dim, which fixes the visiting order (``kv_boxes``).  Holds for
-    dense dims and for strides that are multiples of two Q tiles (blocked / block-sparse rows).
+    Why: CTAs with identical KV schedules can share every K/V load (one TMA multicast into all
+    of their shared memories).  All tiles of a group must exist (a tile count divisible by
+    ``size``) and have the same visited and full boxes per dim, which fixes the visiting order
+    (``kv_boxes``).  Holds for dense dims and for strides that are multiples of ``size`` Q tiles
+    (blocked / block-sparse rows).
     """
-    return [d for d in range(geom.rank) if _pairs_match(geom, d, lengths[d])]
+    return [d for d in range(geom.rank) if _groups_match(geom, d, lengths[d], size)]
 
 
-def _pairs_match(geom: TileGeometry, d: int, length: int) -> bool:
+def _groups_match(geom: TileGeometry, d: int, length: int, size: int) -> bool:
     """:func:`pairable_dims` for dim ``d`` of spatial size ``length``."""
     grid = nb.tiles_per_group(length, geom.dilation[d], geom.q_tile[d])  # the grid's tile count
     for n in {nb.group_length(length, geom.dilation[d], g) for g in range(geom.dilation[d])}:
         count = nb.num_tiles(n, geom.q_tile[d])
-        if count % 2 or count != grid:
+        if count % size or count != grid:
             return False
-        if any(dim_schedule(geom, d, t, n) != dim_schedule(geom, d, t + 1, n) for t in range(0, count, 2)):
-            return False
+        for t in range(0, count, size):
+            first = dim_schedule(geom, d, t, n)
+            if any(dim_schedule(geom, d, t + i, n) != first for i in range(1, size)):
+                return False
     return True
 
 
@@ -121,7 +128,8 @@ class QTileWork(DslCarried):
 
     The linear index enumerates ``(*dilation_group, *q_tile)`` row-major (last dim fastest), the
     order of the counts array ``(2, *dilation, *tiles)`` minus its first mode; with
-    ``geom.pair_dim`` its lowest bit picks the tile of a pair ``2t, 2t + 1`` along that dim.
+    ``geom.pair_dim`` its remainder modulo ``s = geom.pair_size`` picks the tile of a cluster's
+    group ``s*t .. s*t + s-1`` along that dim.
     """
 
     def __init__(
@@ -137,17 +145,17 @@ class QTileWork(DslCarried):
         rank = geom.rank
         ntiles = geom.tiles_per_dim(lengths)
         rem = work_idx
-        pair = geom.pair_dim
-        if pair >= 0:  # the lowest bit picks the tile of the pair; the pairs run row-major
-            low = rem % 2
-            rem = rem // 2
-            ntiles[pair] = ntiles[pair] // 2
+        pair, size = geom.pair_dim, geom.pair_size
+        if pair >= 0:  # the lowest digit picks the tile of the group; the groups run row-major
+            low = rem % size
+            rem = rem // size
+            ntiles[pair] = ntiles[pair] // size
         tile: list[Num] = [0] * rank
         for i in reversed(range(rank)):
             tile[i] = rem % ntiles[i]
             rem = rem // ntiles[i]
         if pair >= 0:
-            tile[pair] = 2 * tile[pair] + low
+            tile[pair] = size * tile[pair] + low
         group: list[Num] = [0] * rank
         for i in reversed(range(rank)):
             group[i] = rem % geom.dilation[i]

@@ -122,15 +122,16 @@ class GNAFwdSm90:
         # fits) and K/V during this item's last tiles, and one item's O store overlaps the next
         # item's mainloop.  0: one CTA per work item.
         self.persistent = cfg.persistent_ctas if persistent_ctas is None else persistent_ctas
-        if self.persistent and (self.mainloop != "rotated" or alias_o or self.persistent % 2):
-            raise ValueError(f"persistent_ctas={self.persistent}: needs the rotated mainloop, no alias_o, an even count")
+        # Clusters of 2 or 4 CTAs (Q tiles s*t .. s*t + s-1 along cfg.cluster_dim) with identical KV
+        # schedules: CTA 0 loads every K tile, CTA 1 every V tile, each multicast into all of them.
+        self.cluster = cfg.cluster_size if cfg.cluster_dim >= 0 else 1
+        if self.persistent and (self.mainloop != "rotated" or alias_o or self.persistent % max(2, self.cluster)):
+            raise ValueError(f"persistent_ctas={self.persistent}: needs the rotated mainloop, no alias_o, an even count"
+                             f" (a multiple of the cluster size {self.cluster})")
         # The producer issues K one tile ahead of V for the rotated loops (serial: K and V together).
         self.overlap = self.mainloop != "serial"
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
         self.geom = TileGeometry.from_config(cfg)
-        # Clusters of two CTAs (Q tiles 2t, 2t+1 along cfg.cluster_dim) with identical KV schedules:
-        # CTA 0 loads every K tile, CTA 1 every V tile, each multicast into both.
-        self.cluster = 2 if cfg.cluster_dim >= 0 else 1
         self.rank = cfg.rank
         self.dtype = fwd_common.DTYPES[cfg.dtype]
         self.tile_m = cfg.q_tile_size
@@ -387,7 +388,7 @@ class GNAFwdSm90:
         self._load_q(work, head, batch, tma_atom_Q, tma_Q, sQ, pipe_q, q_state)
         self._stamp_lane0(9)
 
-        # In a cluster, CTA 0 loads every K tile and CTA 1 every V tile, each into both CTAs.
+        # In a cluster, CTA 0 loads every K tile and CTA 1 every V tile, each into every CTA.
         load_k = (tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch)
         load_v = (tma_atom_V, tVgV, tVsV, pipe_v, 1, work.group, head_kv, batch)
         if const_expr(not self.overlap):
@@ -469,7 +470,7 @@ class GNAFwdSm90:
         self, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor, pipe_v: Any, pending: _PendingLoad,
         v_state: Any,
     ) -> None:
-        """Issue the V load ``pending`` names (in a cluster, CTA 1 loads V for both)."""
+        """Issue the V load ``pending`` names (in a cluster, CTA 1 loads V for all of them)."""
         self._load_kv(tma_atom_V, tVgV, tVsV, pipe_v, 1, pending.group, pending.head_kv, pending.batch, pending.idx,
                       v_state)
 

@@ -148,21 +148,26 @@ def choose_mainloop(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
 
 
 @lru_cache(maxsize=1024)
-def choose_cluster_dim(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
-                       kv_tile_shape: tuple[int, ...]) -> int:
-    """``FwdConfig.cluster_dim``: the dim along which pairs of Q tiles share their K/V loads in a
-    cluster of two CTAs, or -1.
+def choose_cluster(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...],
+                   max_size: int = 2) -> tuple[int, int]:
+    """``(FwdConfig.cluster_dim, FwdConfig.cluster_size)``: the dim along which groups of 2 or 4
+    neighbouring Q tiles share their K/V loads in one cluster, and the group size; ``(-1, 2)``
+    for none.
 
-    Only where the pairs' KV schedules are identical in every launch (``scheduler.pairable_dims``:
-    dense dims, strides that are multiples of two Q tiles); not for dims split into one launch per
-    dilation group (their launches have other lengths).  The last such dim is taken.
+    Only where the groups' KV schedules are identical in every launch (``scheduler.pairable_dims``:
+    dense dims, strides that are multiples of the group's Q tiles); not for dims split into one
+    launch per dilation group (their launches have other lengths).  The largest size up to
+    ``max_size`` that some dim allows; the last such dim is taken.
     """
     if arch != 90 or kernel_dilation(params) != tuple(params.dilation):
-        return -1
+        return -1, 2
     geom = TileGeometry(tuple(q_tile_shape), tuple(kv_tile_shape), tuple(params.kernel_size),
                         tuple(params.stride), tuple(params.dilation), tuple(params.is_causal))
-    dims = pairable_dims(geom, params.spatial_shape)
-    return dims[-1] if dims else -1
+    for size in (4, 2):
+        dims = pairable_dims(geom, params.spatial_shape, size) if size <= max_size else []
+        if dims:
+            return dims[-1], size
+    return -1, 2
 
 
 @lru_cache(maxsize=1024)

@@ -5,9 +5,10 @@ the same order.  ``scheduler.pairable_dims`` claims that for a dim from the per-
 formulas; here the claim is checked against the brute-force mask (``tests/brute_force.py``) of
 that dim (GNA is separable): per Q tile, the KV tiles some query sees (visited) and those every
 query sees whole (full; with the visited range it fixes the kernel's partial-first order),
-compared for tiles ``2t`` and ``2t + 1`` of every dilation group.  A claimed dim must pass; where
-every full set is nonempty (so the sets decide the order) the converse must hold too.  And the
-paired work order must be a bijection whose neighbouring indices are the pairs.
+compared for tiles ``2t`` and ``2t + 1`` (clusters of four: ``4t .. 4t + 3``) of every dilation
+group.  A claimed dim must pass; where every full set is nonempty (so the sets decide the order)
+the converse must hold too.  And the grouped work order must be a bijection whose neighbouring
+indices are the groups.
 """
 
 from __future__ import annotations
@@ -39,37 +40,39 @@ def _dim_sets(mask, length, dl, group, q_tile, kv_tile, tile):
     return frozenset(visited), frozenset(full)
 
 
-def _brute_pairable(shape, ks, st, dl, ca, q_tile, kv_tile) -> tuple[list[int], list[int]]:
-    """``(pairable, decided)``: the dims whose pairs have equal brute-force sets and even tile
-    counts, and the dims where that is also what the kernel needs -- every full set nonempty (an
-    empty full range still places the partial tiles' split, which the sets do not show)."""
+def _brute_pairable(shape, ks, st, dl, ca, q_tile, kv_tile, size=2) -> tuple[list[int], list[int]]:
+    """``(pairable, decided)``: the dims whose groups of ``size`` tiles have equal brute-force sets
+    and tile counts divisible by ``size``, and the dims where that is also what the kernel needs --
+    every full set nonempty (an empty full range still places the partial tiles' split, which the
+    sets do not show)."""
     pairable, decided = [], []
     for d in range(len(shape)):
         count = -(-(-(-shape[d] // dl[d])) // q_tile[d])
-        if count % 2:  # a tile without its twin: not pairable, whatever the sets
+        if count % size:  # a tile without its twins: not pairable, whatever the sets
             decided.append(d)
             continue
         mask = np.asarray(neighborhood_mask((shape[d],), (ks[d],), (st[d],), (dl[d],), (ca[d],)))
         sets = [[_dim_sets(mask, shape[d], dl[d], g, q_tile[d], kv_tile[d], t) for t in range(count)]
                 for g in range(dl[d])]
-        if all(a == b for per_group in sets for a, b in zip(per_group[::2], per_group[1::2])):
+        if all(len(set(per_group[t:t + size])) == 1 for per_group in sets for t in range(0, count, size)):
             pairable.append(d)
         if all(full for per_group in sets for _, full in per_group):
             decided.append(d)
     return pairable, decided
 
 
-def _pairable_case(rng: random.Random):
-    """Small problems biased toward pairable dims: dense dims, strides of two Q tiles, causal dims."""
+def _pairable_case(rng: random.Random, size: int = 2):
+    """Small problems biased toward pairable dims: dense dims, strides of ``size`` Q tiles, causal
+    dims."""
     rank = rng.choice([1, 2, 3])
     c = {k: [] for k in ("shape", "ks", "st", "dl", "ca", "qt", "kt")}
     for _ in range(rank):
         d = rng.choice([1, 1, 1, 2])
         qt = rng.choice([1, 2, 4])
-        n = d * rng.randint(2, 12 if rank < 3 else 6)
+        n = d * rng.randint(2, (12 if rank < 3 else 6) * size // 2)
         kind = rng.choice(["dense", "blocked", "any"])
         w = n // d if kind == "dense" else rng.randint(2, max(2, n // d))
-        s = min(w, 2 * qt * rng.randint(1, 2)) if kind == "blocked" else rng.randint(1, w)
+        s = min(w, size * qt * rng.randint(1, 2)) if kind == "blocked" else rng.randint(1, w)
         c["shape"].append(n)
         c["ks"].append(w)
         c["st"].append(s)
@@ -80,16 +83,17 @@ def _pairable_case(rng: random.Random):
     return c
 
 
-def test_pairable_dims_match_brute_force():
+@pytest.mark.parametrize("size", [2, 4])
+def test_pairable_dims_match_brute_force(size: int):
     found = {"pairable": 0, "not": 0}
-    for seed in range(60):
-        c = _pairable_case(random.Random(seed))
+    for seed in range(60 if size == 2 else 120):
+        c = _pairable_case(random.Random(seed), size)
         if any(w * d > n for w, d, n in zip(c["ks"], c["dl"], c["shape"])):
             continue
         geom = TileGeometry(tuple(c["qt"]), tuple(c["kt"]), tuple(c["ks"]), tuple(c["st"]), tuple(c["dl"]),
                             tuple(c["ca"]))
-        got = pairable_dims(geom, c["shape"])
-        want, decided = _brute_pairable(c["shape"], c["ks"], c["st"], c["dl"], c["ca"], c["qt"], c["kt"])
+        got = pairable_dims(geom, c["shape"], size)
+        want, decided = _brute_pairable(c["shape"], c["ks"], c["st"], c["dl"], c["ca"], c["qt"], c["kt"], size)
         assert set(got) <= set(want), f"seed {seed}: pairs with different KV tiles claimed: {c}"
         for d in decided:
             assert (d in got) == (d in want), f"seed {seed}, dim {d}: {c}"
@@ -108,23 +112,37 @@ def test_worked_examples():
     # An odd tile count (30 / 2 = 15 tiles in dim 0) cannot pair.
     g = TileGeometry((2, 8, 8), (2, 8, 8), (18, 24, 24), (16, 8, 8), (1, 1, 1), (False,) * 3)
     assert pairable_dims(g, [30, 48, 80]) == []
+    # Clusters of four: s=2048 holds 16 Q tiles per stride group, s=256 only two; 2D s=16 two.
+    for st, want in ((2048, [0]), (256, []), (512, [0])):
+        assert pairable_dims(TileGeometry((128,), (128,), (2048,), (st,), (1,), (False,)), [32768], 4) == want
+    g = TileGeometry((16, 8), (16, 8), (80, 80), (16, 16), (1, 1), (False, False))
+    assert pairable_dims(g, [256, 256], 4) == []
+    g = TileGeometry((16, 8), (16, 8), (256, 256), (1, 1), (1, 1), (False, False))
+    assert pairable_dims(g, [256, 256], 4) == [0, 1]
+    # 3D s=16x8x8 with 4x4x8 Q tiles: four per stride group along dim 0 (30 -> 8 tiles, the last
+    # group's two tiles cut by the border still see the group's window), two along dim 1.
+    g = TileGeometry((4, 4, 8), (2, 8, 8), (18, 24, 24), (16, 8, 8), (1, 1, 1), (False,) * 3)
+    assert pairable_dims(g, [30, 48, 80], 4) == [0]
+    assert pairable_dims(g, [30, 48, 80]) == [0, 1]
 
 
 @pytest.mark.parametrize(
-    "shape,q_tile,dl,pair",
-    [((40,), (4,), (1,), 0), ((6, 8), (3, 2), (1, 2), 1), ((6, 8), (3, 2), (1, 2), 0), ((4, 6, 8), (2, 3, 2), (2, 1, 1), 2)],
+    "shape,q_tile,dl,pair,size",
+    [((40,), (4,), (1,), 0, 2), ((6, 8), (3, 2), (1, 2), 1, 2), ((6, 8), (3, 2), (1, 2), 0, 2),
+     ((4, 6, 8), (2, 3, 2), (2, 1, 1), 2, 2), ((48,), (4,), (1,), 0, 4), ((6, 16), (3, 2), (1, 2), 1, 4),
+     ((4, 6, 16), (2, 3, 2), (2, 1, 1), 2, 4)],
 )
-def test_paired_work_order_is_a_bijection_of_pairs(shape, q_tile, dl, pair):
+def test_paired_work_order_is_a_bijection_of_pairs(shape, q_tile, dl, pair, size):
     rank = len(shape)
-    geom = TileGeometry(q_tile, (1,) * rank, shape, (1,) * rank, dl, (False,) * rank, pair)
+    geom = TileGeometry(q_tile, (1,) * rank, shape, (1,) * rank, dl, (False,) * rank, pair, size)
     plain = TileGeometry(q_tile, (1,) * rank, shape, (1,) * rank, dl, (False,) * rank)
     n = geom.num_work_tiles(shape)
     seen = set()
     for w in range(n):
         work = QTileWork(geom, shape, w)
         seen.add((tuple(work.group), tuple(work.q_tile_idx)))
-        assert work.q_tile_idx[pair] % 2 == w % 2
-        if w % 2:
+        assert work.q_tile_idx[pair] % size == w % size
+        if w % size:
             prev = QTileWork(geom, shape, w - 1)
             assert prev.group == work.group
             assert [t - (i == pair) for i, t in enumerate(work.q_tile_idx)] == prev.q_tile_idx

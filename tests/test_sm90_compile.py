@@ -38,7 +38,12 @@ CONFIGS = [
     # persistent in 3D (dilated, bf16, D = 64): each warpgroup stores its half of the 2x8x8 Q box.
     dataclasses.replace(_cfg("bfloat16", 64, (3, 4, 5), (1, 2, 1), (1, 1, 2), (False, False, False)),
                         persistent_ctas=132, mainloop="rotated"),
+    # clusters of four Q tiles on persistent CTAs (the 1D blocked row): K/V multicast into four CTAs.
+    dataclasses.replace(_cfg("float16", 128, (2048,), (2048,), (1,), (False,)), persistent_ctas=128,
+                        mainloop="rotated", cluster_dim=0, cluster_size=4),
 ]
+IDS = [f"{c.rank}d{f'-clusters{c.cluster_size}' * (c.cluster_dim >= 0)}{'-persistent' * (c.persistent_ctas > 0)}"
+       for c in CONFIGS]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +54,7 @@ def compiled(tmp_path_factory) -> tuple[dict, dict[str, str]]:
     return run_child(CONFIGS, child_env("sm_90a", cache, dump), dump), child_env("sm_90a", cache)
 
 
-@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"{c.rank}d{'-pairs' * (c.cluster_dim >= 0)}{'-persistent' * (c.persistent_ctas > 0)}" for c in CONFIGS])
+@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=IDS)
 def test_sass_has_hgmma_and_tma(compiled, index: int) -> None:
     report, _ = compiled
     assert not report["errors"][index], report["errors"][index]
@@ -62,7 +67,7 @@ def test_sass_has_hgmma_and_tma(compiled, index: int) -> None:
     assert bool(re.search(r"UTMALDG\.\dD\.MULTICAST", sass)) == (CONFIGS[index].cluster_dim >= 0), CONFIGS[index]
 
 
-@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"{c.rank}d{'-pairs' * (c.cluster_dim >= 0)}{'-persistent' * (c.persistent_ctas > 0)}" for c in CONFIGS])
+@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=IDS)
 def test_wgmma_not_serialized(compiled, index: int) -> None:
     """ptxas waits after every WGMMA of a kernel when it cannot follow one (a WGMMA issued in a
     branch, or waited for across a loop's back edge: seen with the pipelined item boundary's first
