@@ -148,3 +148,34 @@ def test_paired_work_order_is_a_bijection_of_pairs(shape, q_tile, dl, pair, size
             assert [t - (i == pair) for i, t in enumerate(work.q_tile_idx)] == prev.q_tile_idx
     every = {(tuple(QTileWork(plain, shape, w).group), tuple(QTileWork(plain, shape, w).q_tile_idx)) for w in range(n)}
     assert seen == every and len(seen) == n
+
+
+@pytest.mark.parametrize(
+    "shape,q_tile,ks,st,size,heads,ctas",
+    [((2048,), (128,), (512,), (512,), 4, 3, 8), ((2048,), (128,), (512,), (512,), 4, 3, 132),
+     ((32, 64), (16, 8), (32, 64), (1, 1), 4, 5, 12), ((1000,), (128,), (256,), (256,), 2, 3, 6)],
+)
+def test_persistent_clusters_walk_their_groups_in_step(shape, q_tile, ks, st, size, heads, ctas):
+    """A persistent launch (``fwd_common.persistent_grid``: ``min(items, ctas)`` CTAs, CTA ``b``
+    taking items ``b, b + grid, ...``, tile fastest, then head): the CTAs of one cluster (``size``
+    consecutive CTAs) must take the same number of items, and at every step the ``size`` tiles of
+    one group with the same KV boxes; otherwise a multicast K/V load would wait for a CTA that
+    never asks for it."""
+    rank = len(shape)
+    kv_tile = q_tile
+    geom0 = TileGeometry(q_tile, kv_tile, ks, st, (1,) * rank, (False,) * rank)
+    dim = pairable_dims(geom0, shape, size)[-1]
+    geom = TileGeometry(q_tile, kv_tile, ks, st, (1,) * rank, (False,) * rank, dim, size)
+    tiles = geom.num_work_tiles(shape)
+    total = tiles * heads
+    grid = min(total, ctas)
+    assert grid % size == 0
+    walks = [list(range(b, total, grid)) for b in range(grid)]
+    for c in range(grid // size):
+        members = walks[c * size:(c + 1) * size]
+        assert len({len(m) for m in members}) == 1, f"cluster {c}: unequal item counts"
+        for step in zip(*members):
+            works = [QTileWork(geom, shape, w % tiles) for w in step]
+            assert len({w // tiles for w in step}) == 1  # one head
+            assert all(wk.kv_boxes() == works[0].kv_boxes() for wk in works)
+            assert [wk.q_tile_idx[dim] % size for wk in works] == list(range(size))
