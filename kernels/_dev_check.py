@@ -107,13 +107,14 @@ VARIANTS = {
     "rotated+q4+pers8": dict(mainloop="rotated", persistent_ctas=8),
     "rotated+q4+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
 }
-#: Variants whose config pairs Q tiles when the problem allows (``with_pairs``).
-PAIRED_VARIANTS = ("rotated+mc", "rotated+mc+trace", "rotated+mc+pers", "rotated+mc+pers4", "rotated+mc+pers+trace",
-                   "rotated+mc+split", "rotated+mc+pers+whole", "rotated+mc+pers+seq", "rotated+mc+pers4+seq",
-                   "rotated+mc+pers6")
-#: Variants whose config groups four Q tiles per cluster when the problem allows (else pairs).
-QUAD_VARIANTS = ("rotated+q4", "rotated+q4+pers", "rotated+q4+pers128", "rotated+q4+pers4", "rotated+q4+pers8",
-                 "rotated+q4+pers+trace")
+
+
+def cluster_limit(variant: str) -> int:
+    """The largest cluster a variant's config may take where the problem allows (``with_pairs``):
+    ``+q4`` variants group four Q tiles (else two), ``+mc`` variants two, the others none."""
+    return 4 if "+q4" in variant else 2 if "+mc" in variant else 1
+
+
 #: Variants ``sweep`` checks for correctness but does not time (a few CTAs: slow by design).
 CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq", "rotated+mc+pers6", "rotated+q4+pers4",
                        "rotated+q4+pers8")
@@ -231,8 +232,8 @@ def counted(cfg: FwdConfig) -> FwdConfig:
 def run_key(cfg: FwdConfig, variant: str, spatial) -> VariantKey:
     """The kernel ``run_kernel`` runs for ``variant`` on a problem of size ``spatial`` (Q-tile
     pairs where the variant and the problem allow); ``sweep``'s warm-up compiles the same keys."""
-    if variant in PAIRED_VARIANTS or variant in QUAD_VARIANTS:
-        cfg = with_pairs(cfg, spatial, 4 if variant in QUAD_VARIANTS else 2)
+    if cluster_limit(variant) > 1:
+        cfg = with_pairs(cfg, spatial, cluster_limit(variant))
     return VariantKey.of(cfg, variant)
 
 

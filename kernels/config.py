@@ -43,7 +43,7 @@ class FwdConfig:
     # (``scheduler.pairable_dims``, checked by the host layer for each problem).
     cluster_dim: int = -1
     # sm90, with cluster_dim >= 0: how many neighbouring Q tiles (2 or 4) form one cluster sharing
-    # every K/V load (``tile_choice.choose_cluster_size``).
+    # every K/V load (``tile_choice.choose_cluster``).
     cluster_size: int = 2
     # sm90: 0 (one CTA per work item), or the number of persistent CTAs (the SM count, even), each
     # looping over every gridDim.x-th work item; chosen per problem by

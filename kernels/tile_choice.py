@@ -163,8 +163,8 @@ def choose_cluster(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], 
         return -1, 2
     geom = TileGeometry(tuple(q_tile_shape), tuple(kv_tile_shape), tuple(params.kernel_size),
                         tuple(params.stride), tuple(params.dilation), tuple(params.is_causal))
-    for size in (4, 2):
-        dims = pairable_dims(geom, params.spatial_shape, size) if size <= max_size else []
+    for size in (s for s in (4, 2) if s <= max_size):
+        dims = pairable_dims(geom, params.spatial_shape, size)
         if dims:
             return dims[-1], size
     return -1, 2
