@@ -248,6 +248,8 @@ def _config_of(
     sm_count: int,
 ) -> FwdConfig:
     """The config of a problem, cached: a repeated problem costs a lookup, not ~6 us of building."""
+    cluster_dim, cluster_size = tile_choice.choose_cluster(arch, p, q_tile_shape, kv_tile_shape,
+                                                           tile_choice.PRODUCT_MAX_CLUSTER)
     return FwdConfig(
         arch=arch,
         dtype=cute_tensors.dtype_name(dtype),
@@ -261,8 +263,10 @@ def _config_of(
         is_causal=p.is_causal,
         count_tiles=count_tiles,
         mainloop=tile_choice.choose_mainloop(arch, p, q_tile_shape, kv_tile_shape),
-        cluster_dim=tile_choice.choose_cluster(arch, p, q_tile_shape, kv_tile_shape)[0],
-        persistent_ctas=tile_choice.choose_persistent_ctas(arch, p, sm_count, q_tile_shape, kv_tile_shape),
+        cluster_dim=cluster_dim,
+        cluster_size=cluster_size,
+        persistent_ctas=tile_choice.choose_persistent_ctas(arch, p, sm_count, q_tile_shape, kv_tile_shape,
+                                                           cluster_size),
     )
 
 

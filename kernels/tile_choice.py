@@ -147,6 +147,12 @@ def choose_mainloop(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
     return "rotated" if arch == 90 else "serial"
 
 
+#: The largest cluster the product launches (``choose_cluster``'s ``max_size`` in the host layer).
+#: Clusters of four are built and compile-checked but not yet measured on a GPU
+#: (docs/sm90-kernel.md, "Open (issue 7)"): the product stays on pairs until they are.
+PRODUCT_MAX_CLUSTER = 2
+
+
 @lru_cache(maxsize=1024)
 def choose_cluster(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...],
                    max_size: int = 2) -> tuple[int, int]:
@@ -172,9 +178,10 @@ def choose_cluster(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], 
 
 @lru_cache(maxsize=1024)
 def choose_persistent_ctas(arch: int, params: GNAParams, sm_count: int, q_tile_shape: tuple[int, ...],
-                           kv_tile_shape: tuple[int, ...]) -> int:
-    """``FwdConfig.persistent_ctas``: the SM count (rounded down to even) where persistent CTAs
-    measured faster, else 0 (one CTA per work item).
+                           kv_tile_shape: tuple[int, ...], cluster_size: int = 2) -> int:
+    """``FwdConfig.persistent_ctas``: the SM count, rounded down to a multiple of ``cluster_size``
+    (every cluster's CTAs walk the work together), where persistent CTAs measured faster, else 0
+    (one CTA per work item).
 
     Measured on the H100 (docs/sm90-kernel.md, "Persistent CTAs"): 1D problems gain 4-5 % (32K
     tokens, w = 2048: s = 1 0.0695 -> 0.0658 ms, s = 2048 0.063 -> 0.0605 ms; dense level) from
@@ -186,10 +193,12 @@ def choose_persistent_ctas(arch: int, params: GNAParams, sm_count: int, q_tile_s
     the pipelined item boundary 2D s = 16 took 8.06 / 8.12 ms against 8.34 / 8.34 with one CTA
     per item (dense 2D 80.5 / 81.1 vs 80.8 / 81.7, 3D s = 16 within its spread).
     """
-    if arch != 90 or sm_count < 2:
+    if cluster_size not in (2, 4):
+        raise ValueError(f"cluster_size={cluster_size!r}: must be 2 or 4")
+    if arch != 90 or sm_count < cluster_size:
         return 0
     if (params.rank == 1 and not any(params.is_causal)) or _uniform_work(params, q_tile_shape, kv_tile_shape):
-        return sm_count - sm_count % 2
+        return sm_count - sm_count % cluster_size
     return 0
 
 

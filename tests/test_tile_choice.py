@@ -189,6 +189,31 @@ def test_persistent_ctas_policy(arch: int, params: GNAParams, sm_count: int, til
 
 
 @pytest.mark.parametrize(
+    "sm_count, cluster_size, expected",
+    [(132, 4, 132), (134, 4, 132), (130, 4, 128), (131, 2, 130), (3, 4, 0), (4, 4, 4)],
+)
+def test_persistent_ctas_are_whole_clusters(sm_count: int, cluster_size: int, expected: int) -> None:
+    # a persistent cluster's CTAs take the tiles of one group together: a partial cluster would
+    # leave a group's tiles to CTAs that are not in it (check_config refuses such a count)
+    params = GNAParams.make((32768,), 2048, 2048)
+    assert tile_choice.choose_persistent_ctas(90, params, sm_count, *T1, cluster_size) == expected
+
+
+def test_persistent_ctas_refuse_other_cluster_sizes() -> None:
+    with pytest.raises(ValueError, match="cluster_size=3"):
+        tile_choice.choose_persistent_ctas(90, GNAParams.make((32768,), 2048), 132, *T1, 3)
+
+
+def test_product_launches_pairs_until_quads_are_measured() -> None:
+    # 1D s=2048: sixteen 128-token Q tiles share every KV tile, so groups of four are possible,
+    # but the product takes at most PRODUCT_MAX_CLUSTER (pairs until a GPU run says otherwise)
+    args = _args((32768,), (2048,), (2048,))
+    assert tile_choice.choose_cluster(90, args.params, (128,), (128,), max_size=4) == (0, 4)
+    cfg = interface.make_config(args, 90)
+    assert (cfg.cluster_dim, cfg.cluster_size) == (0, tile_choice.PRODUCT_MAX_CLUSTER) == (0, 2)
+
+
+@pytest.mark.parametrize(
     "spatial, window, stride, causal, tiles",
     [
         ((32, 48), (20, 20), (16, 16), False, T2),
