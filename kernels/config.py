@@ -21,6 +21,18 @@ from dataclasses import dataclass
 from math import prod
 
 
+#: ``FwdConfig.cluster_size`` values the sm90 kernel supports (neighbouring Q tiles per cluster
+#: sharing every K/V load), smallest first; the host layer prefers the largest a problem allows.
+CLUSTER_SIZES: tuple[int, ...] = (2, 4)
+
+
+def cluster_size_problem(size: object) -> str | None:
+    """Why ``size`` cannot be a ``FwdConfig.cluster_size`` (None: it can)."""
+    if size in CLUSTER_SIZES:
+        return None
+    return f"cluster_size={size!r}: must be {' or '.join(map(str, CLUSTER_SIZES))}"
+
+
 @dataclass(frozen=True)
 class FwdConfig:
     arch: int  # 90 (Hopper) or 100 (Blackwell)

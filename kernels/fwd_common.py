@@ -17,7 +17,7 @@ from cutlass import Int32, const_expr
 from cutlass.cute.nvgpu import cpasync
 
 from gna_cute.kernels import tile_views
-from gna_cute.kernels.config import FwdConfig
+from gna_cute.kernels.config import FwdConfig, cluster_size_problem
 from gna_cute.kernels.scheduler import QTileWork, TileGeometry
 
 DTYPES = {"float16": cutlass.Float16, "bfloat16": cutlass.BFloat16}
@@ -34,8 +34,8 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
         raise ValueError(f"head_dim={cfg.head_dim}, head_dim_v={cfg.head_dim_v}: need equal and in {HEAD_DIMS}")
     if cfg.cluster_dim >= 0 and (arch != 90 or cfg.cluster_dim >= cfg.rank):
         raise ValueError(f"cluster_dim={cfg.cluster_dim}: clusters of paired Q tiles are sm90 only, dim < rank")
-    if cfg.cluster_size not in (2, 4):
-        raise ValueError(f"cluster_size={cfg.cluster_size} must be 2 or 4")
+    if (why := cluster_size_problem(cfg.cluster_size)) is not None:
+        raise ValueError(why)
     if cfg.persistent_ctas and (arch != 90 or cfg.persistent_ctas < 0 or cfg.persistent_ctas % 2):
         raise ValueError(f"persistent_ctas={cfg.persistent_ctas}: persistent CTAs are sm90 only, an even count >= 0")
     if cfg.cluster_dim >= 0 and cfg.persistent_ctas % cfg.cluster_size:

@@ -169,7 +169,7 @@ def choose_cluster(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], 
         return -1, 2
     geom = TileGeometry(tuple(q_tile_shape), tuple(kv_tile_shape), tuple(params.kernel_size),
                         tuple(params.stride), tuple(params.dilation), tuple(params.is_causal))
-    for size in (s for s in (4, 2) if s <= max_size):
+    for size in sorted((s for s in config.CLUSTER_SIZES if s <= max_size), reverse=True):
         dims = pairable_dims(geom, params.spatial_shape, size)
         if dims:
             return dims[-1], size
@@ -193,8 +193,8 @@ def choose_persistent_ctas(arch: int, params: GNAParams, sm_count: int, q_tile_s
     the pipelined item boundary 2D s = 16 took 8.06 / 8.12 ms against 8.34 / 8.34 with one CTA
     per item (dense 2D 80.5 / 81.1 vs 80.8 / 81.7, 3D s = 16 within its spread).
     """
-    if cluster_size not in (2, 4):
-        raise ValueError(f"cluster_size={cluster_size!r}: must be 2 or 4")
+    if (why := config.cluster_size_problem(cluster_size)) is not None:
+        raise ValueError(why)
     if arch != 90 or sm_count < cluster_size:
         return 0
     if (params.rank == 1 and not any(params.is_causal)) or _uniform_work(params, q_tile_shape, kv_tile_shape):
