@@ -148,8 +148,9 @@ def choose_mainloop(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
 
 
 #: The largest cluster the product launches (``choose_cluster``'s ``max_size`` in the host layer).
-#: Clusters of four are built and compile-checked but not yet measured on a GPU
-#: (docs/sm90-kernel.md, "Open (issue 7)"): the product stays on pairs until they are.
+#: Pairs: clusters of four are correct but ~1.7x slower on the H100, where only 30 of them (120 of
+#: 132 SMs) are co-resident; their 2-3 % faster tiles do not pay for the idle SMs on any bench row
+#: (docs/sm90-kernel.md, "Measured: clusters of four lose on the H100").
 PRODUCT_MAX_CLUSTER = 2
 
 
