@@ -236,8 +236,8 @@ def counted(cfg: FwdConfig) -> FwdConfig:
 def run_key(cfg: FwdConfig, variant: str, spatial) -> VariantKey:
     """The kernel ``run_kernel`` runs for ``variant`` on a problem of size ``spatial`` (Q-tile
     pairs where the variant and the problem allow); ``sweep``'s warm-up compiles the same keys."""
-    if cluster_limit(variant) > 1:
-        cfg = with_pairs(cfg, spatial, cluster_limit(variant))
+    if (limit := cluster_limit(variant)) > 1:
+        cfg = with_pairs(cfg, spatial, limit)
     return VariantKey.of(cfg, variant)
 
 

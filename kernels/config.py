@@ -57,9 +57,9 @@ class FwdConfig:
     # sm90, with cluster_dim >= 0: how many neighbouring Q tiles (2 or 4) form one cluster sharing
     # every K/V load (``tile_choice.choose_cluster``).
     cluster_size: int = 2
-    # sm90: 0 (one CTA per work item), or the number of persistent CTAs (the SM count, even), each
-    # looping over every gridDim.x-th work item; chosen per problem by
-    # ``tile_choice.choose_persistent_ctas``.
+    # sm90: 0 (one CTA per work item), or the number of persistent CTAs (the SM count rounded down
+    # to whole clusters, even), each looping over every gridDim.x-th work item; chosen per problem
+    # by ``tile_choice.choose_persistent_ctas``.
     persistent_ctas: int = 0
 
     @property

@@ -133,9 +133,9 @@ class GNAFwdSm90:
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
         # Dev option (off in the product until measured): in the unmasked rotated step, slice the
         # K and V stages' operands before the K wait instead of inside the turn.  Same PTX values,
-        # but ptxas then builds the K descriptors with 64-bit adds: sm_90a SASS of the product's
-        # configs, unmasked loop 477-492 instructions instead of 479-515, turn window (BAR.SYNC ..
-        # BAR.ARV) 65-70 instead of 82-105 (FA4: 457, 57); docs/sm90-kernel.md.
+        # but ptxas then steps the K descriptors with 64-bit adds: a shorter unmasked loop and turn
+        # window (BAR.SYNC .. BAR.ARV) in the sm_90a SASS (docs/sm90-kernel.md, "Built, not yet
+        # measured: stage slices before the K wait").
         self.early_stage_slices = early_stage_slices
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank

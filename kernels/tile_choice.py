@@ -156,7 +156,7 @@ PRODUCT_MAX_CLUSTER = 2
 
 @lru_cache(maxsize=1024)
 def choose_cluster(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...],
-                   max_size: int = 2) -> tuple[int, int]:
+                   max_size: int = PRODUCT_MAX_CLUSTER) -> tuple[int, int]:
     """``(FwdConfig.cluster_dim, FwdConfig.cluster_size)``: the dim along which groups of 2 or 4
     neighbouring Q tiles share their K/V loads in one cluster, and the group size; ``(-1, 2)``
     for none.
