@@ -100,7 +100,7 @@ class GNAFwdSm90:
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
-        overlap_items: bool = True, early_stage_slices: bool = False,
+        overlap_items: bool = True,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -131,12 +131,6 @@ class GNAFwdSm90:
         # The producer issues K one tile ahead of V for the rotated loops (serial: K and V together).
         self.overlap = self.mainloop != "serial"
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
-        # Dev option (off in the product until measured): in the unmasked rotated step, slice the
-        # K and V stages' operands before the K wait instead of inside the turn.  Same PTX values,
-        # but ptxas then steps the K descriptors with 64-bit adds: a shorter unmasked loop and turn
-        # window (BAR.SYNC .. BAR.ARV) in the sm_90a SASS (docs/sm90-kernel.md, "Built, not yet
-        # measured: stage slices before the K wait").
-        self.early_stage_slices = early_stage_slices
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
         self.dtype = fwd_common.DTYPES[cfg.dtype]
@@ -772,19 +766,12 @@ class GNAFwdSm90:
         v_state = state.clone()
         state.advance()
         kv = tile_of(j)
-        early = self.early_stage_slices and not masked
-        if const_expr(early):  # the stages' operand slices before the K wait (see __init__)
-            k_stage, v_stage = tSrK[None, None, None, state.index], tOrVt[None, None, None, v_state.index]
         pipe_k.consumer_wait(state)
         if const_expr(self.turns):
             cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
-        if const_expr(not early):
-            k_stage = tSrK[None, None, None, state.index]
-        _gemm(self.tiled_mma_qk, acc_S, tSrQ, k_stage, zero_init=True)
+        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index], zero_init=True)
         pipe_v.consumer_wait(v_state)
-        if const_expr(not early):
-            v_stage = tOrVt[None, None, None, v_state.index]
-        _gemm(self.tiled_mma_pv, acc_O, tOrP, v_stage, zero_init=False)
+        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
         if const_expr(self.turns):
             cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
         warpgroup.wait_group(1)
