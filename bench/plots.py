@@ -20,6 +20,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 _SKIP = ("cudnn-dense", "sim-flop-bound", "sim-predicted")
 
 
+def _color(provider: str) -> str:
+    """One colour per provider in every panel and plot (matplotlib's cycle restarts per axes)."""
+    from .providers import all_providers
+
+    names = [pr.name for pr in all_providers()]
+    return f"C{names.index(provider) % 10}" if provider in names else "C9"
+
+
 def _family(p: dict) -> tuple:
     return (tuple(p["spatial_shape"]), tuple(p["kernel_size"]), tuple(p["dilation"]),
             tuple(p["is_causal"]), p["heads"], p["head_dim"], p["dtype"])
@@ -51,8 +59,8 @@ def stride_plot(record, path: Path) -> Path | None:
         for prov in providers:
             pts = [(x, speed[p["name"]].get(prov)) for x, p in zip(xs, probs)]
             pts = [(x, y) for x, y in pts if y is not None]
-            style = "k--" if prov == "sim-tile-bound" else "o-"
-            ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=prov)
+            style = dict(color="k", linestyle="--") if prov == "sim-tile-bound" else dict(color=_color(prov), marker="o")
+            ax.plot([x for x, _ in pts], [y for _, y in pts], label=prov, **style)
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, labels=["x".join(map(str, p["stride"])) for p in probs], fontsize=7)
         ax.minorticks_off()
@@ -81,7 +89,8 @@ def sparsity_plot(record, path: Path) -> Path | None:
     ax.plot([1, top], [1, top], "k:", label="ideal (FLOP-wise)")
     for prov, pts in sorted(series.items()):
         pts.sort()
-        ax.plot([x for x, _ in pts], [y for _, y in pts], "o", label=prov, alpha=0.8)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "o", label=prov, alpha=0.8,
+                color="k" if prov == "sim-tile-bound" else _color(prov))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (dense / attended pairs)")

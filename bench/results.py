@@ -205,6 +205,17 @@ def problem_table(record: RunRecord) -> list[list[str]]:
     return out
 
 
+def _method(settings: dict) -> str:
+    """How the times were taken, from the run's settings (a warm-L2 graph run must not read as cold)."""
+    rounds = settings.get("rounds", 1)
+    return ", ".join([
+        "CUDA-graph replays of each call" if settings.get("use_graph") else "CUDA events",
+        "GPU kept busy ahead of each call",
+        "L2 flushed between calls" if settings.get("flush_l2", True) else "L2 left warm between calls",
+    ]) + (f"; each problem's providers timed in {rounds} interleaved rounds" if rounds > 1
+          else "; providers timed one after another")
+
+
 def markdown(record: RunRecord) -> str:
     env = record.env
     lines = [
@@ -216,10 +227,8 @@ def markdown(record: RunRecord) -> str:
         f"(commit {env.get('git_commit')}, sources {env.get('source_fingerprint')}), Python {env.get('python')}; {record.created}.",
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in record.settings.items()) + ".",
-        "Times are GPU medians (CUDA events, GPU kept busy ahead of each call, L2 flushed between "
-        "calls" + (f"; each problem's providers timed in {record.settings['rounds']} interleaved rounds"
-                   if record.settings.get("rounds", 1) > 1 else "; providers timed one after another")
-        + "); `host us` is the Python launch cost per call, measured separately. "
+        "Times are GPU medians (" + _method(record.settings) + "); `host us` is the Python launch "
+        "cost per call, measured separately. "
         "`x cuDNN` = cuDNN dense time / this time; `% tile bound` = `x cuDNN` / the simulator's "
         "tile-wise bound; `x own dense` = our dense run of the same sizes / this time (with its "
         "fraction of the tile bound); useful TFLOP/s count attended pairs only (pairs x 4 x D). "

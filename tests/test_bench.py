@@ -200,6 +200,16 @@ def test_writer_round_trips(tmp_path):
     assert "8.3x, 363" in md  # NATTEN's published reference column
 
 
+def test_markdown_states_the_timing_method():
+    rec = _record()
+    md = results.markdown(rec)
+    assert "CUDA events" in md and "L2 flushed between calls" in md
+    rec.settings.update(use_graph=True, flush_l2=False, rounds=10)
+    md = results.markdown(rec)
+    assert "CUDA-graph replays" in md and "L2 left warm" in md and "L2 flushed" not in md
+    assert "10 interleaved rounds" in md
+
+
 def test_reader_rejects_other_schema():
     text = _record().to_json().replace('"schema": 1', '"schema": 99')
     with pytest.raises(ValueError, match="schema"):
