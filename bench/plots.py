@@ -21,9 +21,12 @@ _SKIP = ("cudnn-dense", "sim-flop-bound", "sim-predicted")
 
 
 def _color(provider: str) -> str:
-    """One colour per provider in every panel and plot (matplotlib's cycle restarts per axes)."""
+    """One colour per provider in every panel and plot (matplotlib's cycle restarts per axes);
+    black for the simulator's tile bound."""
     from .providers import all_providers
 
+    if provider == "sim-tile-bound":
+        return "k"
     names = [pr.name for pr in all_providers()]
     return f"C{names.index(provider) % 10}" if provider in names else "C9"
 
@@ -59,8 +62,8 @@ def stride_plot(record, path: Path) -> Path | None:
         for prov in providers:
             pts = [(x, speed[p["name"]].get(prov)) for x, p in zip(xs, probs)]
             pts = [(x, y) for x, y in pts if y is not None]
-            style = dict(color="k", linestyle="--") if prov == "sim-tile-bound" else dict(color=_color(prov), marker="o")
-            ax.plot([x for x, _ in pts], [y for _, y in pts], label=prov, **style)
+            style = "--" if prov == "sim-tile-bound" else "o-"
+            ax.plot([x for x, _ in pts], [y for _, y in pts], style, color=_color(prov), label=prov)
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, labels=["x".join(map(str, p["stride"])) for p in probs], fontsize=7)
         ax.minorticks_off()
@@ -89,8 +92,7 @@ def sparsity_plot(record, path: Path) -> Path | None:
     ax.plot([1, top], [1, top], "k:", label="ideal (FLOP-wise)")
     for prov, pts in sorted(series.items()):
         pts.sort()
-        ax.plot([x for x, _ in pts], [y for _, y in pts], "o", label=prov, alpha=0.8,
-                color="k" if prov == "sim-tile-bound" else _color(prov))
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "o", color=_color(prov), label=prov, alpha=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (dense / attended pairs)")
