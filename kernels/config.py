@@ -61,6 +61,9 @@ class FwdConfig:
     # to whole clusters, even), each looping over every gridDim.x-th work item; chosen per problem
     # by ``tile_choice.choose_persistent_ctas``.
     persistent_ctas: int = 0
+    # The order in which work items walk the Q tiles, slowest dim first (a permutation of the
+    # dims; empty: row-major); chosen per problem by ``tile_choice.choose_tile_order``.
+    tile_order: tuple[int, ...] = ()
 
     @property
     def rank(self) -> int:

@@ -267,6 +267,7 @@ def _config_of(
         cluster_size=cluster_size,
         persistent_ctas=tile_choice.choose_persistent_ctas(arch, p, sm_count, q_tile_shape, kv_tile_shape,
                                                            cluster_size),
+        tile_order=tile_choice.choose_tile_order(arch, p, q_tile_shape, kv_tile_shape),
     )
 
 

@@ -45,6 +45,11 @@ class TileGeometry:
     # order.
     pair_dim: int = -1
     pair_size: int = 2
+    # The order of the work items' tile digits, slowest dim first (empty: row-major, the last dim
+    # fastest).  Why: consecutive work items run at the same time, so a dim along which many Q
+    # tiles share one KV window (a block-sparse stride) made fastest puts those tiles in one
+    # wave, reading their K/V from L2 together (``tile_choice.choose_tile_order``).
+    tile_order: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: Any) -> "TileGeometry":
@@ -58,11 +63,17 @@ class TileGeometry:
             tuple(bool(c) for c in cfg.is_causal),
             cfg.cluster_dim,
             cfg.cluster_size,
+            tuple(cfg.tile_order),
         )
 
     @property
     def rank(self) -> int:
         return len(self.q_tile)
+
+    @property
+    def digit_order(self) -> tuple[int, ...]:
+        """The work items' tile digits, slowest dim first (``tile_order``, else row-major)."""
+        return self.tile_order or tuple(range(self.rank))
 
     @property
     def num_groups(self) -> int:
@@ -127,7 +138,8 @@ class QTileWork(DslCarried):
     """One Q tile of one dilation group, decoded from a linear work index, with its KV tile box.
 
     The linear index enumerates ``(*dilation_group, *q_tile)`` row-major (last dim fastest), the
-    order of the counts array ``(2, *dilation, *tiles)`` minus its first mode; with
+    order of the counts array ``(2, *dilation, *tiles)`` minus its first mode, except that the
+    tile digits follow ``geom.digit_order``; with
     ``geom.pair_dim`` its remainder modulo ``s = geom.pair_size`` picks the tile of a cluster's
     group ``s*t .. s*t + s-1`` along that dim.
     """
@@ -151,7 +163,7 @@ class QTileWork(DslCarried):
             rem = rem // size
             ntiles[pair] = ntiles[pair] // size
         tile: list[Num] = [0] * rank
-        for i in reversed(range(rank)):
+        for i in reversed(geom.digit_order):
             tile[i] = rem % ntiles[i]
             rem = rem // ntiles[i]
         if pair >= 0:

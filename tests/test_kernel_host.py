@@ -118,6 +118,7 @@ def test_config_carries_the_static_problem() -> None:
         dilation=(2, 1),
         is_causal=(False, True),
         mainloop="rotated",  # tile_choice.choose_mainloop: every sm90 tiling
+        tile_order=(1, 0),  # tile_choice.choose_tile_order: dim 0's neighbours share more K/V
     )
     # problem sizes are run-time values: another batch / size / head count gives the same key
     assert interface.make_config(_args(spatial=(32, 20), heads=2, kv_heads=1, kernel_size=(5, 3),

@@ -179,3 +179,33 @@ def test_persistent_clusters_walk_their_groups_in_step(shape, q_tile, ks, st, si
             assert len({w // tiles for w in step}) == 1  # one head
             assert all(wk.kv_boxes() == works[0].kv_boxes() for wk in works)
             assert [wk.q_tile_idx[dim] % size for wk in works] == list(range(size))
+
+
+@pytest.mark.parametrize(
+    "shape,q_tile,dl,order,pair,size",
+    [((30, 48, 80), (2, 8, 8), (1, 1, 1), (1, 2, 0), -1, 2), ((6, 8, 4), (3, 2, 2), (2, 1, 1), (2, 0, 1), -1, 2),
+     ((6, 8, 8), (3, 2, 2), (1, 1, 2), (2, 0, 1), 1, 2), ((6, 16), (3, 2), (2, 1), (1, 0), 1, 4),
+     ((12, 16), (3, 2), (1, 1), (1, 0), 0, 2)],
+)
+def test_tile_order_walks_the_tiles_in_that_digit_order(shape, q_tile, dl, order, pair, size):
+    """``TileGeometry.tile_order``: the work items enumerate the dilation groups row-major, then
+    the tiles with ``order[0]`` slowest and ``order[-1]`` fastest, a cluster's group digit (if
+    any) fastest of all -- written out with ``itertools.product`` and compared item by item."""
+    rank = len(shape)
+    geom = TileGeometry(q_tile, (1,) * rank, shape, (1,) * rank, dl, (False,) * rank, pair, size, order)
+    counts = [-(-(-(-n // d)) // t) for n, d, t in zip(shape, dl, q_tile)]
+    if pair >= 0:
+        counts[pair] //= size
+    expected = []
+    for group in itertools.product(*(range(d) for d in dl)):
+        for digits in itertools.product(*(range(counts[d]) for d in order)):
+            for low in range(size if pair >= 0 else 1):
+                tile = [0] * rank
+                for d, v in zip(order, digits):
+                    tile[d] = v
+                if pair >= 0:
+                    tile[pair] = size * tile[pair] + low
+                expected.append((group, tuple(tile)))
+    n = geom.num_work_tiles(shape)
+    got = [(tuple(w.group), tuple(w.q_tile_idx)) for w in (QTileWork(geom, shape, i) for i in range(n))]
+    assert got == expected

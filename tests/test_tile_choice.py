@@ -8,6 +8,7 @@ simulator the chooser is built on.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import torch
 from brute_force import neighborhood_mask
 from gna_cute.backends import AttentionArgs
 from gna_cute.kernels import config, interface, tile_choice
+from gna_cute.kernels.scheduler import TileGeometry
 from gna_cute.params import GNAParams
 
 
@@ -247,3 +249,59 @@ def test_host_layer_sets_persistent_ctas_from_the_device(monkeypatch: pytest.Mon
     assert interface.make_config(_args((64, 64), (16, 16), 1), 90).persistent_ctas == 0
     monkeypatch.setattr(interface, "_sm_count", lambda device: 0)
     assert interface.make_config(_args((4096,), 512, 1), 90).persistent_ctas == 0
+
+
+@pytest.mark.parametrize(
+    "window, stride, causal, q_tile, kv_tile",
+    [(18, 16, False, 2, 2), (24, 1, False, 8, 8), (24, 8, False, 8, 8), (80, 1, False, 16, 8), (7, 3, True, 4, 8),
+     (33, 5, False, 8, 16), (9, 9, False, 4, 4)],
+)
+def test_step_share_matches_the_brute_force_mask(window, stride, causal, q_tile, kv_tile) -> None:
+    """``tile_choice.step_share`` of a 1D dim: per pair of neighbouring Q tiles far from the borders,
+    the fraction of the second tile's attended KV tiles that the first attends too, averaged over
+    whole periods of the stride/tile pattern -- from the dense mask of a long axis."""
+    geom = TileGeometry((q_tile,), (kv_tile,), (window,), (stride,), (1,), (causal,))
+    period = q_tile * stride // math.gcd(q_tile, stride) // q_tile  # Q tiles per repeat
+    first, length = 4 * (window // q_tile + 4), 32 * q_tile * max(1, stride)
+    n = length + 2 * first * q_tile + 2 * window
+    n += -n % (q_tile * kv_tile)
+    mask = neighborhood_mask((n,), window, stride, 1, causal)
+    kv_of = [set(np.nonzero(mask[t * q_tile:(t + 1) * q_tile].any(axis=0))[0] // kv_tile) for t in range(n // q_tile)]
+    steps = range(first, first + 4 * period)
+    brute = sum(len(kv_of[t] & kv_of[t + 1]) / len(kv_of[t + 1]) for t in steps) / len(steps)
+    assert tile_choice.step_share(geom, 0) == pytest.approx(brute, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "params, tiles, expected",
+    [
+        # the 3D headline: dim 0's neighbours share 9/10 (s = 1) or, in one stride group, all of
+        # their 2x8x8 KV tiles; dims 1 and 2 tie (row-major between them)
+        (GNAParams.make((30, 48, 80), (18, 24, 24)), ((2, 8, 8), (2, 8, 8)), (1, 2, 0)),
+        (GNAParams.make((30, 48, 80), (18, 24, 24), (16, 8, 8)), ((2, 8, 8), (2, 8, 8)), (1, 2, 0)),
+        # 2D headline rows and dense: dim 1 (8-token tiles) already fastest
+        (GNAParams.make((256, 256), (80, 80)), ((16, 8), (16, 8)), ()),
+        (GNAParams.make((256, 256), (80, 80), (16, 16)), ((16, 8), (16, 8)), ()),
+        (GNAParams.make((256, 256), (256, 256)), ((16, 8), (16, 8)), ()),
+        # 1D has one order
+        (GNAParams.make((32768,), 2048), ((128,), (128,)), ()),
+    ],
+)
+def test_tile_order_of_headline_problems(params, tiles, expected) -> None:
+    assert tile_choice.choose_tile_order(90, params, *tiles) == expected
+    assert tile_choice.choose_tile_order(100, params, *tiles) == ()  # measured on sm90 only
+
+
+@pytest.mark.parametrize("params", PROBLEMS, ids=lambda p: f"{p.spatial_shape}-{p.kernel_size}-{p.stride}")
+def test_tile_order_puts_the_most_shared_dim_last(params: GNAParams) -> None:
+    q_tile, kv_tile = config.default_tile_shapes(90, params.rank, 128)
+    order = tile_choice.choose_tile_order(90, params, q_tile, kv_tile) or tuple(range(params.rank))
+    assert sorted(order) == list(range(params.rank))
+    geom = TileGeometry(q_tile, kv_tile, params.kernel_size, params.stride, params.dilation, params.is_causal)
+    shares = [round(tile_choice.step_share(geom, d), 3) for d in order]
+    assert shares == sorted(shares)
+    # the spatial sizes do not decide (one compiled kernel serves every size)
+    bigger = GNAParams.make(tuple(2 * n + 3 for n in params.spatial_shape), params.kernel_size, params.stride,
+                            params.dilation, params.is_causal)
+    assert tile_choice.choose_tile_order(90, bigger, q_tile, kv_tile) == tile_choice.choose_tile_order(
+        90, params, q_tile, kv_tile)
