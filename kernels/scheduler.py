@@ -51,6 +51,11 @@ class TileGeometry:
     # wave, reading their K/V from L2 together (``tile_choice.choose_tile_order``).
     tile_order: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.tile_order and sorted(self.tile_order) != list(range(len(self.q_tile))):
+            raise ValueError(f"tile_order={self.tile_order}: must be empty or a permutation of the "
+                             f"{len(self.q_tile)} dims")
+
     @classmethod
     def from_config(cls, cfg: Any) -> "TileGeometry":
         """From a ``FwdConfig`` (or anything with the same field names)."""

@@ -209,3 +209,9 @@ def test_tile_order_walks_the_tiles_in_that_digit_order(shape, q_tile, dl, order
     n = geom.num_work_tiles(shape)
     got = [(tuple(w.group), tuple(w.q_tile_idx)) for w in (QTileWork(geom, shape, i) for i in range(n))]
     assert got == expected
+
+
+@pytest.mark.parametrize("order", [(0, 0, 1), (0, 1), (1, 2, 3)])
+def test_tile_order_must_be_a_permutation(order):
+    with pytest.raises(ValueError, match="tile_order"):
+        TileGeometry((2, 8, 8), (2, 8, 8), (3, 3, 3), (1, 1, 1), (1, 1, 1), (False,) * 3, tile_order=order)
