@@ -189,6 +189,24 @@ def _our_arch() -> int | None:
     return {9: 90, 10: 100}.get(major)
 
 
+def launch_info(q, k, v, problem: Problem, scale: float, arch: int, q_tile=None, kv_tile=None) -> str:
+    """How our kernel launches ``problem`` (the ``FwdConfig`` the host layer builds): mainloop,
+    one CTA per item or persistent CTAs, clusters, work-item tile order -- recorded with each
+    timing so a result says which kernel variant produced it."""
+    from gna_cute.backends import AttentionArgs
+    from gna_cute.kernels import interface
+
+    args = AttentionArgs(q=q, k=k, v=v, params=problem.params, scale=scale, q_tile_shape=q_tile,
+                         kv_tile_shape=kv_tile)
+    cfg = interface.make_config(args, arch)
+    parts = [cfg.mainloop, f"{cfg.persistent_ctas} persistent CTAs" if cfg.persistent_ctas else "one CTA per item"]
+    if cfg.cluster_dim >= 0:
+        parts.append(f"clusters of {cfg.cluster_size} along dim {cfg.cluster_dim}")
+    if cfg.tile_order:
+        parts.append("tile order " + ",".join(map(str, cfg.tile_order)))
+    return ", ".join(parts)
+
+
 class GnaCute:
     name = "gna_cute"
     role = "ours"
@@ -229,7 +247,8 @@ class GnaCute:
         _refuse_on_error(call)
         return Prepared(holder.wrap(call), lambda: holder.value,
                         info={"backend": backend, "tiles": f"{_x(shown[0])}/{_x(shown[1])}"
-                              + ("" if q_tile else " (kernel default)")})
+                              + ("" if q_tile else " (kernel default)"),
+                              "launch": launch_info(q, k, v, problem, scale, arch, q_tile, kv_tile)})
 
 
 class GnaCuteAuto(GnaCute):
@@ -262,7 +281,7 @@ class GnaCuteAuto(GnaCute):
         _refuse_on_error(call)
         return Prepared(holder.wrap(call), lambda: holder.value,
                         info={"backend": backend, "tiles": f"{_x(q_tile)}/{_x(kv_tile)} (kernel's choice)",
-                              "tile_bound": f"{bound:.2f}"})
+                              "tile_bound": f"{bound:.2f}", "launch": launch_info(q, k, v, problem, scale, arch)})
 
 
 class Reference:

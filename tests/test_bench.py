@@ -439,3 +439,19 @@ def test_clock_log_reads_a_sampler_and_survives_its_absence(tmp_path, monkeypatc
     with clocks.ClockLog("0", command="no-such-sampler") as log:
         pass
     assert log.samples == []
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("3d-30x48x80-w18x24x24-s16x8x8", "rotated, one CTA per item, tile order 1,2,0"),
+        ("2d-256x256-w80x80-s16x16", "rotated, one CTA per item, clusters of 2 along dim 1"),
+        ("1d-32768-w2048-h1", "rotated, one CTA per item"),
+    ],
+)
+def test_launch_info_names_the_kernel_variant(name: str, expected: str) -> None:
+    """What the results record about our launch (no GPU here: no SM count, so no persistent CTAs)."""
+    prob = next(p for p in problems.suite("headline") if p.name.startswith(name))
+    shape = (prob.batch, *prob.spatial_shape, prob.heads, prob.head_dim)
+    q = torch.empty(shape, dtype=torch.float16, device="meta")
+    assert providers.launch_info(q, q, q, prob, 0.1, 90, prob.q_tile_shape, prob.kv_tile_shape) == expected
