@@ -154,6 +154,12 @@ def choose_mainloop(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
 PRODUCT_MAX_CLUSTER = 2
 
 
+def _geometry(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...]) -> TileGeometry:
+    """The scheduler's static geometry of ``params`` with these tiles (plain row-major order)."""
+    return TileGeometry(tuple(q_tile_shape), tuple(kv_tile_shape), tuple(params.kernel_size),
+                        tuple(params.stride), tuple(params.dilation), tuple(params.is_causal))
+
+
 @lru_cache(maxsize=1024)
 def choose_cluster(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...],
                    max_size: int = PRODUCT_MAX_CLUSTER) -> tuple[int, int]:
@@ -168,8 +174,7 @@ def choose_cluster(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], 
     """
     if arch != 90 or kernel_dilation(params) != tuple(params.dilation):
         return -1, 2
-    geom = TileGeometry(tuple(q_tile_shape), tuple(kv_tile_shape), tuple(params.kernel_size),
-                        tuple(params.stride), tuple(params.dilation), tuple(params.is_causal))
+    geom = _geometry(params, q_tile_shape, kv_tile_shape)
     for size in sorted((s for s in config.CLUSTER_SIZES if s <= max_size), reverse=True):
         dims = pairable_dims(geom, params.spatial_shape, size)
         if dims:
@@ -193,8 +198,7 @@ def choose_tile_order(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...
     """
     if arch != 90 or params.rank == 1:
         return ()
-    geom = TileGeometry(tuple(q_tile_shape), tuple(kv_tile_shape), tuple(params.kernel_size),
-                        tuple(params.stride), tuple(params.dilation), tuple(params.is_causal))
+    geom = _geometry(params, q_tile_shape, kv_tile_shape)
     shares = [step_share(geom, d) for d in range(params.rank)]
     order = tuple(sorted(range(params.rank), key=lambda d: (round(shares[d], 3), d)))
     return () if order == tuple(range(params.rank)) else order
