@@ -35,14 +35,15 @@ CONFIGS = [
     dataclasses.replace(_cfg("float16", 128, (80, 80), (16, 16), (1, 1), (False, False)), cluster_dim=1),
     # persistent CTAs with a double-buffered Q (the 1D rows' config): the 224 KiB of smem must fit.
     dataclasses.replace(_cfg("float16", 128, (2048,), (1,), (1,), (False,)), persistent_ctas=132, mainloop="rotated"),
-    # persistent in 3D (dilated, bf16, D = 64): each warpgroup stores its half of the 2x8x8 Q box.
+    # persistent in 3D (dilated, bf16, D = 64): each warpgroup stores its half of the 2x8x8 Q box;
+    # work items walk dim 0 fastest (the 3D headline rows' tile order; row-major 3D is the third entry).
     dataclasses.replace(_cfg("bfloat16", 64, (3, 4, 5), (1, 2, 1), (1, 1, 2), (False, False, False)),
-                        persistent_ctas=132, mainloop="rotated"),
+                        persistent_ctas=132, mainloop="rotated", tile_order=(1, 2, 0)),
     # clusters of four Q tiles on persistent CTAs (the 1D blocked row): K/V multicast into four CTAs.
     dataclasses.replace(_cfg("float16", 128, (2048,), (2048,), (1,), (False,)), persistent_ctas=128,
                         mainloop="rotated", cluster_dim=0, cluster_size=4),
 ]
-IDS = [f"{c.rank}d{f'-clusters{c.cluster_size}' * (c.cluster_dim >= 0)}{'-persistent' * (c.persistent_ctas > 0)}"
+IDS = [f"{c.rank}d{f'-clusters{c.cluster_size}' * (c.cluster_dim >= 0)}{'-persistent' * (c.persistent_ctas > 0)}{'-order' * bool(c.tile_order)}"
        for c in CONFIGS]
 
 
