@@ -230,8 +230,9 @@ def time_interleaved(
 
     Why: under sustained load the H100 runs into its power cap and its clocks wander by 10-25 %
     over a second or two; timed back to back, whichever provider runs in a slow stretch loses by
-    that much.  Interleaved rounds give every provider a share of the same stretches.  A provider
-    that fails is returned as its exception; the others go on.
+    that much.  Interleaved rounds give every provider a share of the same stretches, and every
+    provider is parked equally long ahead of each call (the longest park any of them needs).  A
+    provider that fails is returned as its exception; the others go on.
     """
     check_counts(runs, warmup, rounds)
     subjects: list[_Subject | Exception] = []
@@ -240,6 +241,12 @@ def time_interleaved(
             subjects.append(_prepare(fn, runs, warmup, use_graph, measure_host=True))
         except Exception as e:  # noqa: BLE001 - reported in that provider's row
             subjects.append(e)
+    # One park for all: the idle spin ahead of a call lets the power-capped clock recover, so a
+    # provider parked longer (a slower host path) would run its calls on a faster clock.
+    parks = [s.park_ms for s in subjects if not isinstance(s, Exception)]
+    for s in subjects:
+        if not isinstance(s, Exception):
+            s.park_ms = max(parks)
     for r in range(rounds):
         order = range(len(subjects)) if r % 2 == 0 else reversed(range(len(subjects)))
         for i in order:

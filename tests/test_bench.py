@@ -340,9 +340,10 @@ def test_interleaved_rounds_alternate_the_order_and_isolate_failures(monkeypatch
 
     def prepare(fn, runs, warmup, use_graph, measure_host):
         fn()  # a provider that fails here is reported, not timed
-        return timing._Subject(fn, "events", 1.0, 0.2, runs, [])
+        return timing._Subject(fn, "events", 1.0, {"a": 0.2, "c": 0.9, "d": 0.4}[fn.__name__], runs, [])
 
     def sample(subject, n, flush_l2):
+        assert subject.park_ms == 0.9  # every provider parked as long as the slowest host path needs
         calls.append((subject.call.__name__, n))
         if subject.call.__name__ == "c" and len(calls) > 4:
             raise RuntimeError("c broke in round 2")
