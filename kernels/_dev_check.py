@@ -106,6 +106,10 @@ VARIANTS = {
     "rotated+q4+pers4": dict(mainloop="rotated", persistent_ctas=4),
     "rotated+q4+pers8": dict(mainloop="rotated", persistent_ctas=8),
     "rotated+q4+pers+trace": dict(mainloop="rotated", persistent_ctas=132, trace=True),
+    # the unmasked rotated step with its stage slices taken before the K wait (shorter loop and
+    # turn window in the SASS; ``GNAFwdSm90(early_stage_slices=True)``)
+    "rotated+early": dict(mainloop="rotated", early_stage_slices=True),
+    "rotated+mc+pers+early": dict(mainloop="rotated", persistent_ctas=132, early_stage_slices=True),
 }
 
 

@@ -100,7 +100,7 @@ class GNAFwdSm90:
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
-        overlap_items: bool = True,
+        overlap_items: bool = True, early_stage_slices: bool = False,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -131,6 +131,12 @@ class GNAFwdSm90:
         # The producer issues K one tile ahead of V for the rotated loops (serial: K and V together).
         self.overlap = self.mainloop != "serial"
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
+        # Dev option (off in the product): the unmasked rotated step slices its K/V stage operands
+        # before the K wait.  Same PTX values, but ptxas then steps K's descriptors with 64-bit adds:
+        # unmasked loop 485 instead of 507 instructions on 1D dense (FA4: 457).  Measured level in a
+        # sweep whose spread (+-2.5 %) was larger than the 1.7 % per-cycle gap to FA4 dense it may
+        # close; re-measured with the bench's interleaved timing next (docs/sm90-kernel.md).
+        self.early_stage_slices = early_stage_slices
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
         self.dtype = fwd_common.DTYPES[cfg.dtype]
@@ -766,12 +772,19 @@ class GNAFwdSm90:
         v_state = state.clone()
         state.advance()
         kv = tile_of(j)
+        early = self.early_stage_slices and not masked
+        if const_expr(early):
+            k_stage, v_stage = tSrK[None, None, None, state.index], tOrVt[None, None, None, v_state.index]
         pipe_k.consumer_wait(state)
         if const_expr(self.turns):
             cute.arch.barrier(barrier_id=_SCHED_BARRIER + wg, number_of_threads=256)
-        _gemm(self.tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, state.index], zero_init=True)
+        if const_expr(not early):
+            k_stage = tSrK[None, None, None, state.index]
+        _gemm(self.tiled_mma_qk, acc_S, tSrQ, k_stage, zero_init=True)
         pipe_v.consumer_wait(v_state)
-        _gemm(self.tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], zero_init=False)
+        if const_expr(not early):
+            v_stage = tOrVt[None, None, None, v_state.index]
+        _gemm(self.tiled_mma_pv, acc_O, tOrP, v_stage, zero_init=False)
         if const_expr(self.turns):
             cute.arch.barrier_arrive(barrier_id=_SCHED_BARRIER + 1 - wg, number_of_threads=256)
         warpgroup.wait_group(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,25 @@ def run_child(configs: list[FwdConfig], env: dict[str, str], dump: Path | None =
 
 def sass_text(files: list[str]) -> str:
     return "\n".join(Path(f).read_text() for f in files)
+
+
+def sass_loops(sass: str) -> list[list[str]]:
+    """The instruction lists of ``sass``'s loops: from a label to a branch back to it."""
+    ins: list[str] = []
+    labels: dict[str, int] = {}
+    for line in sass.splitlines():
+        if m := re.match(r"\s*(\.L_x_\d+):", line):
+            labels[m.group(1)] = len(ins)
+        elif m := re.match(r"\s*/\*[0-9a-f]+\*/\s+([^;]*);", line):
+            ins.append(m.group(1).strip())
+    loops = []
+    for i, text in enumerate(ins):
+        m = re.search(r"BRA\s.*?\((\.L_x_\d+)\)", text)
+        if m and labels.get(m.group(1), i + 1) <= i:
+            loops.append(ins[labels[m.group(1)] : i + 1])
+    return loops
+
+
+def opcode(instruction: str) -> str:
+    """``instruction``'s opcode with its modifiers, without a predicate (``@!P0``)."""
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0]

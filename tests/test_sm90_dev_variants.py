@@ -1,8 +1,8 @@
 """CPU, in CI: the sm90 kernel's dev-only options still compile for sm_90a, and do what they say.
 
 The persistent ``trace`` variant must compile and read the global timer, the plain kernel must not.
-A fresh process with SASS dumps on compiles the ``_dev_check`` variants of a 1D problem with Q-tile
-pairs.
+The ``early`` variant must shorten the unmasked mainloop and its turn window.  A fresh process with
+SASS dumps on compiles the ``_dev_check`` variants of a 1D problem with Q-tile pairs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from compile_check import child_env
+from compile_check import child_env, opcode, sass_loops
 
 pytest.importorskip("cutlass")
 
@@ -32,7 +32,7 @@ for variant in sys.argv[2:]:
 print("REPORT" + json.dumps({"cluster_dim": cfg.cluster_dim, "sass": out}))
 """
 
-_VARIANTS = ("rotated+mc+pers", "rotated+mc+pers+trace")
+_VARIANTS = ("rotated+mc+pers", "rotated+mc+pers+trace", "rotated+mc+pers+early")
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,30 @@ def test_persistent_trace_compiles_with_timer_reads(report: dict) -> None:
     sass = report["sass"]["rotated+mc+pers+trace"]
     assert "HGMMA" in sass and "GLOBALTIMER" in sass
     assert "GLOBALTIMER" not in report["sass"]["rotated+mc+pers"]
+
+
+def _unmasked_loop(sass: str) -> list[str]:
+    """The rotated mainloop without the mask: 16 HGMMAs (QK and PV), 64+ exps, no per-element FSEL."""
+    loops = [body for body in sass_loops(sass)
+             if sum(opcode(x).startswith("HGMMA") for x in body) == 16
+             and sum(opcode(x).startswith("MUFU") for x in body) >= 64
+             and sum(opcode(x) == "FSEL" for x in body) < 8]
+    assert len(loops) == 1, [len(b) for b in loops]
+    return loops[0]
+
+
+def _turn_window(body: list[str]) -> int:
+    """Instructions from taking the turn (named barrier wait) to passing it (arrive)."""
+    sync = next(i for i, x in enumerate(body) if opcode(x).startswith("BAR.SYNC"))
+    return next(i for i, x in enumerate(body) if opcode(x).startswith("BAR.ARV")) - sync
+
+
+def test_early_stage_slices_shorten_the_unmasked_loop(report: dict) -> None:
+    # sm_90a, DSL 4.8.1 (docs/sm90-kernel.md): 507 -> 485 instructions per tile, the turn window
+    # 101 -> 68, the QK descriptor steps of K as 64-bit adds.  A later ptxas may schedule both
+    # alike; then this option has no reason left to exist.
+    plain, early = (_unmasked_loop(report["sass"][v]) for v in ("rotated+mc+pers", "rotated+mc+pers+early"))
+    assert len(early) < len(plain)
+    assert _turn_window(early) < _turn_window(plain)
+    carries = [sum(opcode(x) == "UIADD3.X" for x in body) for body in (plain, early)]
+    assert carries[1] < carries[0]
