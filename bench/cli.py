@@ -54,6 +54,10 @@ def register(subparsers) -> None:
     p.add_argument("--graphs", action="store_true", help="time CUDA-graph replays of each call")
     p.add_argument("--no-l2-flush", action="store_true")
     p.add_argument("--err-heads", type=int, default=1, help="heads compared with the reference")
+    p.add_argument("--sustained", type=float, default=0.0, metavar="SECONDS",
+                   help="after the timed rounds, also call each provider back to back for SECONDS (two rounds): "
+                        "ms, SM clock, power, Mcycles and joules per call in the notes (clock-independent "
+                        "comparison under the power cap)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--max-minutes", type=float,
                    help="skip the remaining problems once this much time has passed")
@@ -114,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
         stem, problems = problems_from_args(args)
         providers = prov_mod.select(args.providers)
         settings = runner.Settings(runs=args.runs, rounds=args.rounds, warmup=args.warmup, use_graph=args.graphs,
-                                   flush_l2=not args.no_l2_flush, err_heads=args.err_heads)
+                                   flush_l2=not args.no_l2_flush, err_heads=args.err_heads,
+                                   sustained_s=args.sustained)
     except ValueError as e:
         print(f"gna-cute bench: {e}", file=sys.stderr)
         return 2

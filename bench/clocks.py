@@ -66,13 +66,20 @@ def describe(stats: dict) -> str:
 
 
 def annotate(rows: list[dict], samples: list[Sample]) -> None:
-    """Add the clocks of each timed row's window (``timed_window``, set by the runner)."""
+    """Add the clocks of each timed row's window (``timed_window``, set by the runner), and what
+    its back-to-back loops (``sustained``, when asked for) ran at."""
+    from .sustained import describe as describe_loops, summarize as summarize_loops
+
     for row in rows:
         window = row.get("timed_window")
         stats = summarize(samples, *window) if window else None
         if stats is not None:
             row["clock"] = stats
             row["info"] = {**(row.get("info") or {}), "sm clock": describe(stats)}
+        if row.get("sustained"):
+            loops = summarize_loops(row["sustained"], samples)
+            row["sustained_summary"] = loops
+            row["info"] = {**(row.get("info") or {}), "sustained": describe_loops(loops)}
 
 
 def nvidia_smi_id(index: int) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import timing
+from . import sustained, timing
 from .problems import Problem
 from .providers import Prepared, Refused, reference_output
 
@@ -31,9 +31,12 @@ class Settings:
     flush_l2: bool = True
     err_heads: int = 1  # heads compared with the reference (the reference is slow on big rows)
     seed: int = 0
+    sustained_s: float = 0.0  # > 0: each provider also called back to back this long (:mod:`sustained`)
 
     def __post_init__(self) -> None:
         timing.check_counts(self.runs, self.warmup, self.rounds)  # refused before anything runs
+        if not 0.0 <= self.sustained_s <= 60.0:
+            raise ValueError(f"sustained_s={self.sustained_s} must be between 0 and 60 seconds")
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -109,11 +112,30 @@ def run_problem(problem: Problem, providers: list[Any], settings: Settings,
         row.update(status="ok", info=prep.info, **measured)
         log(f"  {prov.name:12s} {tm.median_ms:9.3f} ms  (IQR {100 * tm.spread:.1f} %, host "
             f"{tm.host_us:.0f} us, first call {row['first_call_s']} s)")
+    if settings.sustained_s > 0:
+        _sustained([(row, prep) for row, _, prep, _ in timed if row.get("status") == "ok"], settings.sustained_s)
     del timed, results, q, k, v, ref
     torch.cuda.empty_cache()
     _derive(problem, rows)
     rows.extend(_sim_rows(problem, rows))
     return rows
+
+
+def _sustained(ran: list[tuple[dict, Prepared]], seconds: float) -> None:
+    """Back-to-back loops of the timed providers (:mod:`sustained`); their clocks and power are added
+    from nvidia-smi's samples afterwards (``clocks.annotate``).  A provider whose host path takes
+    more than half its call is left out: its loop would time the host."""
+    loopable = []
+    for row, prep in ran:
+        if (row["host_us"] or 0.0) * 1e-3 > 0.5 * row["ms"]:
+            row["info"] = {**(row.get("info") or {}), "sustained": f"not run (host {row['host_us']:.0f} us per call)"}
+        else:
+            loopable.append((row, prep))
+    if not loopable:
+        return
+    loops = sustained.run([p.fn for _, p in loopable], [r["ms"] for r, _ in loopable], seconds, torch.cuda.synchronize)
+    for (row, _), lp in zip(loopable, loops):
+        row["sustained"] = [x.as_dict() for x in lp]
 
 
 def _failed(row: dict, prov: Any, e: Exception, log: Callable[[str], None]) -> None:

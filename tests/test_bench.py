@@ -370,7 +370,8 @@ def test_interleaved_rounds_alternate_the_order_and_isolate_failures(monkeypatch
 
 
 @pytest.mark.parametrize("kw, word", [(dict(runs=10), "runs=10"), (dict(rounds=0), "rounds=0"),
-                                      (dict(runs=20, rounds=11), "rounds=11"), (dict(warmup=0), "warmup=0")])
+                                      (dict(runs=20, rounds=11), "rounds=11"), (dict(warmup=0), "warmup=0"),
+                                      (dict(sustained_s=-1.0), "sustained_s=-1.0")])
 def test_bad_settings_are_refused_naming_them(kw: dict, word: str) -> None:
     from gna_cute.bench import runner
 
@@ -420,6 +421,72 @@ def test_clock_lines_parse_and_summarize_per_window():
     clocks.annotate(rows, samples)
     assert rows[0]["clock"]["samples"] == 3 and rows[0]["info"]["sm clock"] == "1500 MHz (1125-1980), power cap 67 %"
     assert rows[0]["info"]["x"] == 1 and "clock" not in rows[1]
+
+
+def test_sustained_loops_count_calls_after_settling_and_alternate_the_order():
+    """CPU: the loop counts whole batches after the settle time, on a fake clock that each call moves."""
+    from gna_cute.bench import sustained
+
+    now = [100.0]
+    calls = []
+
+    def make(name, cost):
+        def fn():
+            calls.append(name)
+            now[0] += cost
+        return fn
+
+    syncs = []
+    lp = sustained.loop(make("a", 0.01), 0.1, lambda: syncs.append(1), batch=4, settle=0.05, clock=lambda: now[0])
+    # settle: 2 batches (0.08 s); then batches until 0.1 s have passed: 3 batches = 12 calls, 0.12 s
+    assert lp.calls == 12 and abs(lp.seconds - 0.12) < 1e-9 and len(calls) == 20 and len(syncs) == 5
+    assert abs(lp.window[1] - lp.window[0] - 0.12) < 1e-9 and abs(lp.window[1] - 100.2) < 1e-9
+    calls.clear()
+    loops = sustained.run([make("a", 0.01), make("b", 0.02)], [1.0, 40.0], 0.05, lambda: None, rounds=3,
+                          settle=0.0, clock=lambda: now[0])
+    assert [len(x) for x in loops] == [3, 3]
+    order = sorted((lp.window[0], name) for name, x in zip("ab", loops) for lp in x)
+    assert [name for _, name in order] == ["a", "b", "b", "a", "a", "b"]  # reversed every other round
+    assert loops[0][0].calls % 50 == 0 and loops[1][0].calls == 3  # batches of ~50 ms of calls
+
+
+def test_sustained_summary_gives_cycles_and_joules_per_call():
+    from gna_cute.bench import clocks, sustained
+
+    loops = [{"calls": 100, "seconds": 2.0, "window": [10.0, 12.0]},
+             {"calls": 100, "seconds": 2.2, "window": [20.0, 22.2]}]
+    samples = [clocks.Sample(t, mhz, w, 4) for t, mhz, w in
+               [(9.0, 1980, 100.0), (10.5, 1300, 690.0), (11.5, 1400, 700.0), (20.1, 1350, 680.0),
+                (21.0, 1500, None), (30.0, 1980, 90.0)]]
+    s = sustained.summarize(loops, samples)
+    assert s["ms"] == pytest.approx(21.0) and s["calls"] == 200 and s["samples"] == 4
+    assert s["sm_mhz"] == 1375 and s["power_w"] == pytest.approx(690.0)
+    assert s["mcycles"] == pytest.approx(21.0 * 1375 / 1e3) and s["joules"] == pytest.approx(690.0 * 21.0 / 1e3)
+    assert sustained.describe(s) == "21 ms, 1375 MHz, 690 W: 28.88 Mcycles, 14.49 J per call"
+    bare = sustained.summarize(loops, [])
+    assert bare["mcycles"] is None and bare["joules"] is None and sustained.describe(bare) == "21 ms"
+    rows = [{"provider": "a", "sustained": loops}, {"provider": "b"}]
+    clocks.annotate(rows, samples)
+    assert rows[0]["info"]["sustained"] == sustained.describe(s) and "sustained_summary" not in rows[1]
+
+
+def test_sustained_loops_leave_out_host_bound_providers(monkeypatch):
+    """CPU: a provider whose host path takes over half its call is not looped (the loop would time the host)."""
+    from gna_cute.bench import runner, sustained
+
+    seen = []
+
+    def fake_run(fns, one_call_ms, seconds, sync):
+        seen.append((len(fns), one_call_ms, seconds))
+        return [[sustained.Loop(10, 0.5, (1.0, 1.5))] for _ in fns]
+
+    monkeypatch.setattr(sustained, "run", fake_run)
+    fast, slow = {"ms": 23.0, "host_us": 150.0, "info": {"a": 1}}, {"ms": 0.06, "host_us": 160.0}
+    prep = providers.Prepared(lambda: None, lambda: None)
+    runner._sustained([(fast, prep), (slow, prep)], 3.0)
+    assert seen == [(1, [23.0], 3.0)]
+    assert fast["sustained"] == [{"calls": 10, "seconds": 0.5, "window": [1.0, 1.5]}] and fast["info"] == {"a": 1}
+    assert "sustained" not in slow and slow["info"]["sustained"] == "not run (host 160 us per call)"
 
 
 def test_clock_log_reads_a_sampler_and_survives_its_absence(tmp_path, monkeypatch):
