@@ -110,6 +110,10 @@ VARIANTS = {
     # turn window in the SASS; ``GNAFwdSm90(early_stage_slices=True)``)
     "rotated+early": dict(mainloop="rotated", early_stage_slices=True),
     "rotated+mc+pers+early": dict(mainloop="rotated", persistent_ctas=132, early_stage_slices=True),
+    # persistent with one Q buffer: Q's descriptors are static (as in FA4's loop), the item
+    # boundary is not pipelined (``GNAFwdSm90(q_stages=1)``)
+    "rotated+mc+pers+q1": dict(mainloop="rotated", persistent_ctas=132, q_stages=1),
+    "rotated+mc+pers+q1+early": dict(mainloop="rotated", persistent_ctas=132, q_stages=1, early_stage_slices=True),
 }
 
 

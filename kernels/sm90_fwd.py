@@ -100,7 +100,7 @@ class GNAFwdSm90:
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
-        overlap_items: bool = True, early_stage_slices: bool = False,
+        overlap_items: bool = True, early_stage_slices: bool = False, q_stages: int | None = None,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -176,6 +176,10 @@ class GNAFwdSm90:
         self.q_stages = 1
         if self.persistent and fixed + self.tile_m * self.hdim * elem + self.num_stages * per_stage <= _SMEM_BUDGET_ALIASED:
             self.q_stages = 2
+        if q_stages is not None:  # dev: 1 = one Q buffer (static Q descriptors, no pipelined boundary)
+            if q_stages not in (1, self.q_stages):
+                raise ValueError(f"q_stages={q_stages}: this config takes 1..{self.q_stages} Q buffers")
+            self.q_stages = q_stages
         # overlap_items (persistent CTAs with a double-buffered Q): the item boundary is software-
         # pipelined.  The producer's K/V stream runs on from item to item (the next item's Q and
         # first K go out before this item's last V), and each consumer warpgroup issues the next

@@ -1,7 +1,8 @@
 """CPU, in CI: the sm90 kernel's dev-only options still compile for sm_90a, and do what they say.
 
 The persistent ``trace`` variant must compile and read the global timer, the plain kernel must not.
-The ``early`` variant must shorten the unmasked mainloop and its turn window.  A fresh process with
+The ``early`` variant must shorten the unmasked mainloop and its turn window, and with one Q buffer
+(``q1``) drop every 32-bit descriptor step.  A fresh process with
 SASS dumps on compiles the ``_dev_check`` variants of a 1D problem with Q-tile pairs.
 """
 
@@ -32,7 +33,7 @@ for variant in sys.argv[2:]:
 print("REPORT" + json.dumps({"cluster_dim": cfg.cluster_dim, "sass": out}))
 """
 
-_VARIANTS = ("rotated+mc+pers", "rotated+mc+pers+trace", "rotated+mc+pers+early")
+_VARIANTS = ("rotated+mc+pers", "rotated+mc+pers+trace", "rotated+mc+pers+early", "rotated+mc+pers+q1+early")
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,10 @@ def test_early_stage_slices_shorten_the_unmasked_loop(report: dict) -> None:
     assert _turn_window(early) < _turn_window(plain)
     carries = [sum(opcode(x) == "UIADD3.X" for x in body) for body in (plain, early)]
     assert carries[1] < carries[0]
+
+
+def test_one_q_buffer_makes_the_q_descriptors_static(report: dict) -> None:
+    # sm_90a, DSL 4.8.1: 460 instructions per tile, window 51, no UIADD3.X (FA4's loop: 457, 57).
+    early, q1 = (_unmasked_loop(report["sass"][v]) for v in ("rotated+mc+pers+early", "rotated+mc+pers+q1+early"))
+    assert len(q1) < len(early) and _turn_window(q1) < _turn_window(early)
+    assert sum(opcode(x) == "UIADD3.X" for x in q1) == 0
