@@ -85,7 +85,6 @@ def describe(s: dict) -> str:
         text += f", {s['sm_mhz']:.0f} MHz"
     if s["power_w"] is not None:
         text += f", {s['power_w']:.0f} W"
-    per_call = [f"{s['mcycles']:.4g} Mcycles" if s["mcycles"] is not None else "",
-                f"{s['joules']:.4g} J" if s["joules"] is not None else ""]
-    per_call = [p for p in per_call if p]
+    per_call = [f"{s[key]:.4g} {unit}" for key, unit in (("mcycles", "Mcycles"), ("joules", "J"))
+                if s[key] is not None]
     return text + (f": {', '.join(per_call)} per call" if per_call else "")

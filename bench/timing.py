@@ -243,10 +243,10 @@ def time_interleaved(
             subjects.append(e)
     # One park for all: the idle spin ahead of a call lets the power-capped clock recover, so a
     # provider parked longer (a slower host path) would run its calls on a faster clock.
-    parks = [s.park_ms for s in subjects if not isinstance(s, Exception)]
-    for s in subjects:
-        if not isinstance(s, Exception):
-            s.park_ms = max(parks)
+    live = [s for s in subjects if not isinstance(s, Exception)]
+    park_ms = max((s.park_ms for s in live), default=0.0)
+    for s in live:
+        s.park_ms = park_ms
     for r in range(rounds):
         order = range(len(subjects)) if r % 2 == 0 else reversed(range(len(subjects)))
         for i in order:

@@ -2,8 +2,8 @@
 
 The persistent ``trace`` variant must compile and read the global timer, the plain kernel must not.
 The ``early`` variant must shorten the unmasked mainloop and its turn window, and with one Q buffer
-(``q1``) drop every 32-bit descriptor step.  A fresh process with
-SASS dumps on compiles the ``_dev_check`` variants of a 1D problem with Q-tile pairs.
+(``q1``) drop every 32-bit descriptor step.  A fresh process with SASS dumps on compiles the
+``_dev_check`` variants of a 1D problem with Q-tile pairs.
 """
 
 from __future__ import annotations
