@@ -201,7 +201,7 @@ def launch_info(q, k, v, problem: Problem, scale: float, arch: int, q_tile=None,
     cfg = interface.make_config(args, arch)
     parts = [cfg.mainloop, f"{cfg.persistent_ctas} persistent CTAs" if cfg.persistent_ctas else "one CTA per item"]
     if cfg.cluster_dim >= 0:
-        parts.append(f"clusters of {cfg.cluster_size} along dim {cfg.cluster_dim}")
+        parts.append(f"clusters of {cfg.cluster_size} along dim {cfg.cluster_dim}" + " with tail" * cfg.cluster_tail)
     if cfg.tile_order:
         parts.append("tile order " + ",".join(map(str, cfg.tile_order)))
     return ", ".join(parts)

@@ -114,6 +114,11 @@ VARIANTS = {
     # boundary is not pipelined (``GNAFwdSm90(q_stages=1)``)
     "rotated+mc+pers+q1": dict(mainloop="rotated", persistent_ctas=132, q_stages=1),
     "rotated+mc+pers+q1+early": dict(mainloop="rotated", persistent_ctas=132, q_stages=1, early_stage_slices=True),
+    # pairs also where the paired dim's tile count is odd: its last tiles form unshared tail
+    # clusters (``FwdConfig.cluster_tail``, chosen per problem in ``run_key``); 132 and 6 CTAs
+    "rotated+mc+pers+tail": dict(mainloop="rotated", persistent_ctas=132),
+    "rotated+mc+pers6+tail": dict(mainloop="rotated", persistent_ctas=6),
+    "rotated+mc+tail": dict(mainloop="rotated"),
 }
 
 
@@ -125,7 +130,7 @@ def cluster_limit(variant: str) -> int:
 
 #: Variants ``sweep`` checks for correctness but does not time (a few CTAs: slow by design).
 CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq", "rotated+mc+pers6", "rotated+q4+pers4",
-                       "rotated+q4+pers8")
+                       "rotated+q4+pers8", "rotated+mc+pers6+tail")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 
@@ -221,15 +226,15 @@ def warm_variants(keys, workers: int | None = None) -> int:
     return sum(e is not None for e in errors)
 
 
-def with_pairs(cfg: FwdConfig, spatial, max_size: int = 2) -> FwdConfig:
-    """``cfg`` with the cluster dim and size (up to ``max_size``) the host layer would choose for
-    this spatial shape (dim -1: none)."""
+def with_pairs(cfg: FwdConfig, spatial, max_size: int = 2, tail: bool = False) -> FwdConfig:
+    """``cfg`` with the cluster dim, size (up to ``max_size``) and tail the host layer would
+    choose for this spatial shape (dim -1: none) if it allowed tails where ``tail`` is set."""
     from gna_cute.kernels.tile_choice import choose_cluster
     from gna_cute.params import GNAParams
 
     p = GNAParams.make(spatial, cfg.kernel_size, cfg.stride, cfg.dilation, cfg.is_causal)
-    dim, size = choose_cluster(90, p, cfg.q_tile_shape, cfg.kv_tile_shape, max_size)
-    return FwdConfig(**{**cfg.__dict__, "cluster_dim": dim, "cluster_size": size})
+    dim, size, has_tail = choose_cluster(90, p, cfg.q_tile_shape, cfg.kv_tile_shape, max_size, tail)
+    return FwdConfig(**{**cfg.__dict__, "cluster_dim": dim, "cluster_size": size, "cluster_tail": has_tail})
 
 
 def counted(cfg: FwdConfig) -> FwdConfig:
@@ -241,7 +246,7 @@ def run_key(cfg: FwdConfig, variant: str, spatial) -> VariantKey:
     """The kernel ``run_kernel`` runs for ``variant`` on a problem of size ``spatial`` (Q-tile
     pairs where the variant and the problem allow); ``sweep``'s warm-up compiles the same keys."""
     if (limit := cluster_limit(variant)) > 1:
-        cfg = with_pairs(cfg, spatial, limit)
+        cfg = with_pairs(cfg, spatial, limit, tail="+tail" in variant)
     return VariantKey.of(cfg, variant)
 
 
@@ -334,6 +339,11 @@ def gpu_cases():
     # also group by four).
     C.append(("2d dense quads gqa", make_cfg(2, (32, 64)), 1, (32, 64), 4, 2))
     C.append(("1d s512 quads bf16", make_cfg(1, 700, 512, 1, False, "bfloat16"), 1, (2000,), 3, 3))
+    # Tail clusters (the +tail variants): an odd Q tile count along the paired dim, its last tiles
+    # in unshared clusters -- 3D stride groups of 4 and 3 tiles along dim 0; a dense dim 0 of three
+    # 16-row tiles (the last one half outside the axis) with GQA.
+    C.append(("3d s8 tail", make_cfg(3, (10, 8, 8), (8, 8, 8)), 2, (14, 16, 16), 3, 3))
+    C.append(("2d dense-dim tail gqa", make_cfg(2, (40, 8), (1, 8), 1, False, "bfloat16", 64), 1, (40, 32), 4, 2))
     return C
 
 

@@ -57,6 +57,11 @@ class FwdConfig:
     # sm90, with cluster_dim >= 0: how many neighbouring Q tiles (2 or 4) form one cluster sharing
     # every K/V load (``tile_choice.choose_cluster``).
     cluster_size: int = 2
+    # sm90, with cluster_dim >= 0: the tile count along cluster_dim may leave a remainder; those
+    # tail tiles then form clusters among themselves that share no load, each CTA loading its own
+    # K/V (``scheduler.pairable_dims(..., tail=True)``: equal KV tile counts keep them in step).
+    # Why: 3D 30x48x80 with 2x8x8 Q tiles has 15 tiles along dim 0, 14 of which pair.
+    cluster_tail: bool = False
     # sm90: 0 (one CTA per work item), or the number of persistent CTAs (the SM count rounded down
     # to whole clusters, even), each looping over every gridDim.x-th work item; chosen per problem
     # by ``tile_choice.choose_persistent_ctas``.

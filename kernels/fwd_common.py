@@ -36,6 +36,8 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
         raise ValueError(f"cluster_dim={cfg.cluster_dim}: clusters of paired Q tiles are sm90 only, dim < rank")
     if (why := cluster_size_problem(cfg.cluster_size)) is not None:
         raise ValueError(why)
+    if cfg.cluster_tail and cfg.cluster_dim < 0:
+        raise ValueError("cluster_tail=True: needs a cluster_dim >= 0 (tail tiles of a paired dim)")
     if cfg.persistent_ctas and (arch != 90 or cfg.persistent_ctas < 0 or cfg.persistent_ctas % 2):
         raise ValueError(f"persistent_ctas={cfg.persistent_ctas}: persistent CTAs are sm90 only, an even count >= 0")
     if cfg.cluster_dim >= 0 and cfg.persistent_ctas % cfg.cluster_size:
@@ -197,17 +199,17 @@ def tma_load_q(atom: cute.CopyAtom, tQgQ: cute.Tensor, tQsQ: cute.Tensor, pipe_q
 @cute.jit
 def tma_load_stage(
     atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, coord: Any, state: Any,
-    issuer: Any = None, mcast_mask: int = 0,
+    issuer: Any = None, mcast_mask: Any = 0,
 ) -> None:
     """Acquire a pipeline stage and TMA-load the K or V tile at ``coord`` into it.
 
-    A tile shared by a cluster (``mcast_mask`` != 0): every CTA acquires the stage (and arms its
-    own full barrier with the tile's bytes); only ``issuer`` loads it, into every CTA of
-    ``mcast_mask``, whose barriers at the same offset count the bytes.
+    A tile shared by a cluster (``mcast_mask`` a nonzero int or a run-time value): every CTA
+    acquires the stage (and arms its own full barrier with the tile's bytes); only ``issuer``
+    loads it, into every CTA of ``mcast_mask``, whose barriers at the same offset count the bytes.
     """
     pipe.producer_acquire(state)
     src, dst, bar = tXgX[None, coord], tXsX[None, state.index], pipe.producer_get_barrier(state)
-    if const_expr(mcast_mask == 0):
+    if const_expr(isinstance(mcast_mask, int) and mcast_mask == 0):
         cute.copy(atom, src, dst, tma_bar_ptr=bar)
     elif issuer:
         cute.copy(atom, src, dst, tma_bar_ptr=bar, mcast_mask=cutlass.Int16(mcast_mask))

@@ -248,8 +248,8 @@ def _config_of(
     sm_count: int,
 ) -> FwdConfig:
     """The config of a problem, cached: a repeated problem costs a lookup, not ~6 us of building."""
-    cluster_dim, cluster_size = tile_choice.choose_cluster(arch, p, q_tile_shape, kv_tile_shape,
-                                                           tile_choice.PRODUCT_MAX_CLUSTER)
+    cluster_dim, cluster_size, cluster_tail = tile_choice.choose_cluster(
+        arch, p, q_tile_shape, kv_tile_shape, tile_choice.PRODUCT_MAX_CLUSTER, tile_choice.PRODUCT_CLUSTER_TAIL)
     return FwdConfig(
         arch=arch,
         dtype=cute_tensors.dtype_name(dtype),
@@ -265,6 +265,7 @@ def _config_of(
         mainloop=tile_choice.choose_mainloop(arch, p, q_tile_shape, kv_tile_shape),
         cluster_dim=cluster_dim,
         cluster_size=cluster_size,
+        cluster_tail=cluster_tail,
         persistent_ctas=tile_choice.choose_persistent_ctas(arch, p, sm_count, q_tile_shape, kv_tile_shape,
                                                            cluster_size),
         tile_order=tile_choice.choose_tile_order(arch, p, q_tile_shape, kv_tile_shape),

@@ -50,6 +50,12 @@ class TileGeometry:
     # tiles share one KV window (a block-sparse stride) made fastest puts those tiles in one
     # wave, reading their K/V from L2 together (``tile_choice.choose_tile_order``).
     tile_order: tuple[int, ...] = ()
+    # With ``pair_dim``: the tile count along it may leave a remainder (``count % s`` tiles).  The
+    # work items first walk the complete groups, then those tail tiles, which form clusters among
+    # themselves (``s`` consecutive tail items, neighbours along the other dims) that share
+    # nothing: their KV tile counts are equal (``pairable_dims(..., tail=True)``), so the cluster's
+    # stages stay in step while each CTA loads its own K/V (``QTileWork.shared``).
+    pair_tail: bool = False
 
     def __post_init__(self) -> None:
         if self.tile_order and sorted(self.tile_order) != list(range(len(self.q_tile))):
@@ -69,6 +75,7 @@ class TileGeometry:
             cfg.cluster_dim,
             cfg.cluster_size,
             tuple(cfg.tile_order),
+            bool(getattr(cfg, "cluster_tail", False)),
         )
 
     @property
@@ -111,7 +118,7 @@ def dim_schedule(geom: TileGeometry, dim: int, q_tile: Num, group_len: Num, mn: 
     return lo, hi - lo, f_lo, mx(mn(f_hi, hi), f_lo) - f_lo
 
 
-def pairable_dims(geom: TileGeometry, lengths: Sequence[int], size: int = 2) -> list[int]:
+def pairable_dims(geom: TileGeometry, lengths: Sequence[int], size: int = 2, tail: bool = False) -> list[int]:
     """The dims along which Q tiles ``s*t .. s*t + s-1`` (``s = size``) visit the same KV tiles in
     the same order, for every ``t`` and dilation group (Python ints; ``lengths`` are the spatial
     sizes).
@@ -121,21 +128,46 @@ def pairable_dims(geom: TileGeometry, lengths: Sequence[int], size: int = 2) -> 
     ``size``) and have the same visited and full boxes per dim, which fixes the visiting order
     (``kv_boxes``).  Holds for dense dims and for strides that are multiples of ``size`` Q tiles
     (blocked / block-sparse rows).
+
+    ``tail``: a tile count with a remainder is allowed too (``TileGeometry.pair_tail``), when
+    the remainder's tiles can form unshared clusters: the tail items of a dilation group fill
+    whole clusters, and every tail tile visits as many KV tiles as every other (the other dims'
+    visited extents are the same for all of their tiles, and so is the tail tile's along ``d``
+    in every group), so the CTAs of such a cluster use their K/V stages equally often.
     """
-    return [d for d in range(geom.rank) if _groups_match(geom, d, lengths[d], size)]
+    return [d for d in range(geom.rank) if _groups_match(geom, d, lengths, size, tail)]
 
 
-def _groups_match(geom: TileGeometry, d: int, length: int, size: int) -> bool:
-    """:func:`pairable_dims` for dim ``d`` of spatial size ``length``."""
+def _groups_match(geom: TileGeometry, d: int, lengths: Sequence[int], size: int, tail: bool) -> bool:
+    """:func:`pairable_dims` for dim ``d``."""
+    length = lengths[d]
     grid = nb.tiles_per_group(length, geom.dilation[d], geom.q_tile[d])  # the grid's tile count
+    rest = grid % size
+    if rest and not (tail and grid >= size and _tail_is_even(geom, d, lengths, size)):
+        return False
     for n in {nb.group_length(length, geom.dilation[d], g) for g in range(geom.dilation[d])}:
         count = nb.num_tiles(n, geom.q_tile[d])
-        if count % size or count != grid:
+        if count != grid:
             return False
-        for t in range(0, count, size):
+        for t in range(0, count - rest, size):
             first = dim_schedule(geom, d, t, n)
             if any(dim_schedule(geom, d, t + i, n) != first for i in range(1, size)):
                 return False
+    return True
+
+
+def _tail_is_even(geom: TileGeometry, d: int, lengths: Sequence[int], size: int) -> bool:
+    """Whether dim ``d``'s tail tiles fill whole clusters of equal KV tile counts (see
+    :func:`pairable_dims`)."""
+    grid = geom.tiles_per_dim(lengths)
+    others = prod(grid) // grid[d]
+    if (grid[d] % size) * others % size:
+        return False
+    for e in range(geom.rank):
+        groups = {nb.group_length(lengths[e], geom.dilation[e], g) for g in range(geom.dilation[e])}
+        tiles = range(grid[d] - grid[d] % size, grid[d]) if e == d else range(grid[e])
+        if len({dim_schedule(geom, e, t, n)[1] for n in groups for t in tiles}) != 1:
+            return False
     return True
 
 
@@ -163,7 +195,21 @@ class QTileWork(DslCarried):
         ntiles = geom.tiles_per_dim(lengths)
         rem = work_idx
         pair, size = geom.pair_dim, geom.pair_size
-        if pair >= 0:  # the lowest digit picks the tile of the group; the groups run row-major
+        # Whether this item's cluster shares its K/V loads (Python True unless tails are on).
+        self.shared: Num = True
+        if pair >= 0 and geom.pair_tail:  # complete groups first, then the tail tiles (row-major)
+            per_group = prod(ntiles)
+            rest = work_idx // per_group
+            r = work_idx - rest * per_group
+            groups = ntiles[pair] // size
+            paired = per_group // ntiles[pair] * groups * size
+            shared = r < paired
+            low = sel(shared, r % size, 0)
+            rem = sel(shared, r // size, r - paired)
+            ntiles[pair] = sel(shared, groups, ntiles[pair] - groups * size)
+            base = sel(shared, 0, groups * size)
+            self.shared = sel(shared, 1, 0)
+        elif pair >= 0:  # the lowest digit picks the tile of the group; the groups run row-major
             low = rem % size
             rem = rem // size
             ntiles[pair] = ntiles[pair] // size
@@ -171,7 +217,10 @@ class QTileWork(DslCarried):
         for i in reversed(geom.digit_order):
             tile[i] = rem % ntiles[i]
             rem = rem // ntiles[i]
-        if pair >= 0:
+        if pair >= 0 and geom.pair_tail:
+            tile[pair] = sel(shared, size * tile[pair] + low, base + tile[pair])
+            rem = rest
+        elif pair >= 0:
             tile[pair] = size * tile[pair] + low
         group: list[Num] = [0] * rank
         for i in reversed(range(rank)):

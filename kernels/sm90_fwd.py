@@ -84,10 +84,11 @@ def _spatial_coord(x: list) -> Any:
 
 class _PendingLoad(DslCarried):
     """A V load the producer still owes, carried from one work item's loop into the next:
-    its KV tile and the item's (group, KV head, batch)."""
+    its KV tile, the item's (group, KV head, batch) and whether its cluster shares the load."""
 
-    def __init__(self, idx: list, group: list, head_kv: Int32, batch: Int32) -> None:
+    def __init__(self, idx: list, group: list, head_kv: Int32, batch: Int32, shared: Any = True) -> None:
         self.idx, self.group, self.head_kv, self.batch = list(idx), list(group), head_kv, batch
+        self.shared = shared
 
 
 class GNAFwdSm90:
@@ -406,13 +407,13 @@ class GNAFwdSm90:
             for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
                 cur = TileCursor(origin)
                 for _ in cutlass.range(math.prod(extent), unroll=1):
-                    self._load_kv(*load_k, cur.idx, kv_state)
-                    self._load_kv(*load_v, cur.idx, kv_state)
+                    self._load_kv(*load_k, cur.idx, kv_state, work.shared)
+                    self._load_kv(*load_v, cur.idx, kv_state, work.shared)
                     kv_state.advance()
                     cur = TileCursor(work.box_step(cur.idx, origin, extent))
             k_state, v_state = kv_state, kv_state.clone()
         else:
-            pending = _PendingLoad(work.kv_lo, work.group, head_kv, batch)
+            pending = _PendingLoad(work.kv_lo, work.group, head_kv, batch, work.shared)
             pending, _, k_state, v_state = self._load_kv_stream(
                 work, head_kv, batch, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_k, pipe_v,
                 pending, Int32(0), k_state, v_state,
@@ -434,7 +435,7 @@ class GNAFwdSm90:
         holds back the next item's first loads, which the consumers ask for right after this
         item's last PV."""
         work, _, head_kv, batch = fwd_common.decode_work(self.geom, mLSE, num_heads_kv, self.rank, works[0])
-        pending = _PendingLoad(work.kv_lo, work.group, head_kv, batch)  # the V still to issue
+        pending = _PendingLoad(work.kv_lo, work.group, head_kv, batch, work.shared)  # the V still to issue
         has_pending = Int32(0)
         for w in cutlass.range(works[0], works[1], works[2], unroll=1):
             work, head, head_kv, batch = self._producer_item(w, mLSE, num_heads_kv)
@@ -463,7 +464,8 @@ class GNAFwdSm90:
         for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
             cur = TileCursor(origin)
             for _ in cutlass.range(math.prod(extent), unroll=1):
-                self._load_kv(tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch, cur.idx, k_state)
+                self._load_kv(tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch, cur.idx, k_state,
+                              work.shared)
                 k_state.advance()
                 if const_expr(self.trace):
                     if has_pending == 0:
@@ -471,7 +473,7 @@ class GNAFwdSm90:
                 if has_pending > 0:
                     self._load_pending_v(tma_atom_V, tVgV, tVsV, pipe_v, pending, v_state)
                     v_state.advance()
-                pending = _PendingLoad(cur.idx, work.group, head_kv, batch)
+                pending = _PendingLoad(cur.idx, work.group, head_kv, batch, work.shared)
                 has_pending = Int32(1)
                 cur = TileCursor(work.box_step(cur.idx, origin, extent))
         return pending, has_pending, k_state, v_state
@@ -482,7 +484,7 @@ class GNAFwdSm90:
     ) -> None:
         """Issue the V load ``pending`` names (in a cluster, CTA 1 loads V for all of them)."""
         self._load_kv(tma_atom_V, tVgV, tVsV, pipe_v, 1, pending.group, pending.head_kv, pending.batch, pending.idx,
-                      v_state)
+                      v_state, pending.shared)
 
     @cute.jit
     def _producer_item(self, w: Int32, mLSE: cute.Tensor, num_heads_kv: Int32) -> tuple:
@@ -509,12 +511,19 @@ class GNAFwdSm90:
 
     def _load_kv(
         self, atom: cute.CopyAtom, tXgX: cute.Tensor, tXsX: cute.Tensor, pipe: Any, issuer_rank: int,
-        group: list, head_kv: Int32, batch: Int32, kv: list, state: Any,
+        group: list, head_kv: Int32, batch: Int32, kv: list, state: Any, shared: Any = True,
     ) -> None:
         """Acquire a stage and TMA-load K or V of KV tile ``kv`` (per-dim indices) into it; in a
-        cluster only the CTA of rank ``issuer_rank`` loads, into every CTA of the cluster."""
+        cluster only the CTA of rank ``issuer_rank`` loads, into every CTA of the cluster, unless
+        the item's cluster shares nothing (``QTileWork.shared`` 0: a tail cluster), where every
+        CTA loads its own tile (a multicast to itself: one TMA atom serves both)."""
         coord = self._tile_coord(kv, head_kv, group, batch)[1]
-        if const_expr(self.cluster > 1):
+        if const_expr(self.cluster > 1 and self.cfg.cluster_tail):
+            rank = cute.arch.block_idx_in_cluster()
+            issuer = (rank == issuer_rank) | (shared == 0)
+            mask = cutlass.select_(shared == 0, Int32(1) << rank, Int32((1 << self.cluster) - 1))
+            fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state, issuer, mask)
+        elif const_expr(self.cluster > 1):
             issuer = cute.arch.block_idx_in_cluster() == issuer_rank
             fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state, issuer, (1 << self.cluster) - 1)
         else:

@@ -160,26 +160,34 @@ def _geometry(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: t
                         tuple(params.stride), tuple(params.dilation), tuple(params.is_causal))
 
 
+#: Whether the product lets a paired dim end in unshared tail clusters (``FwdConfig.cluster_tail``;
+#: 3D 30x48x80 s = 16x8x8 with 2x8x8 tiles: 14 of 15 tiles along dim 0 pair).  Off: built and
+#: checked on a CPU (the work order's brute-force tests, the sm_90a compile), not yet run on a GPU.
+PRODUCT_CLUSTER_TAIL = False
+
+
 @lru_cache(maxsize=1024)
 def choose_cluster(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...],
-                   max_size: int = PRODUCT_MAX_CLUSTER) -> tuple[int, int]:
-    """``(FwdConfig.cluster_dim, FwdConfig.cluster_size)``: the dim along which groups of 2 or 4
-    neighbouring Q tiles share their K/V loads in one cluster, and the group size; ``(-1, 2)``
-    for none.
+                   max_size: int = PRODUCT_MAX_CLUSTER, tail: bool = False) -> tuple[int, int, bool]:
+    """``(FwdConfig.cluster_dim, FwdConfig.cluster_size, FwdConfig.cluster_tail)``: the dim along
+    which groups of 2 or 4 neighbouring Q tiles share their K/V loads in one cluster, the group
+    size, and whether the dim's last tiles form unshared tail clusters; ``(-1, 2, False)`` for none.
 
     Only where the groups' KV schedules are identical in every launch (``scheduler.pairable_dims``:
     dense dims, strides that are multiples of the group's Q tiles); not for dims split into one
     launch per dilation group (their launches have other lengths).  The largest size up to
-    ``max_size`` that some dim allows; the last such dim is taken.
+    ``max_size`` that some dim allows; the last such dim is taken.  With ``tail``, a dim whose tile
+    count leaves a remainder is taken where no dim of that size pairs whole.
     """
     if arch != 90 or kernel_dilation(params) != tuple(params.dilation):
-        return -1, 2
+        return -1, 2, False
     geom = _geometry(params, q_tile_shape, kv_tile_shape)
     for size in sorted((s for s in config.CLUSTER_SIZES if s <= max_size), reverse=True):
-        dims = pairable_dims(geom, params.spatial_shape, size)
-        if dims:
-            return dims[-1], size
-    return -1, 2
+        if dims := pairable_dims(geom, params.spatial_shape, size):
+            return dims[-1], size, False
+        if tail and (dims := pairable_dims(geom, params.spatial_shape, size, tail=True)):
+            return dims[-1], size, True
+    return -1, 2, False
 
 
 @lru_cache(maxsize=1024)

@@ -14,6 +14,7 @@ indices are the groups.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 import numpy as np
@@ -215,3 +216,130 @@ def test_tile_order_walks_the_tiles_in_that_digit_order(shape, q_tile, dl, order
 def test_tile_order_must_be_a_permutation(order):
     with pytest.raises(ValueError, match="tile_order"):
         TileGeometry((2, 8, 8), (2, 8, 8), (3, 3, 3), (1, 1, 1), (1, 1, 1), (False,) * 3, tile_order=order)
+
+
+# --- tail clusters (``pairable_dims(..., tail=True)``, ``TileGeometry.pair_tail``) ---------------
+
+
+def _brute_tail_ok(c, d: int, size: int) -> bool:
+    """Brute force of what a tail dim needs: its complete groups pair (equal sets), and every tail
+    tile -- the last ``count % size`` tiles along ``d``, with any tiles of the other dims, in any
+    dilation group -- visits the same number of KV tiles, and the tail items fill whole clusters."""
+    shape, ks, st, dl, ca, qt, kt = (c[k] for k in ("shape", "ks", "st", "dl", "ca", "qt", "kt"))
+    counts = [-(-(-(-n // g)) // t) for n, g, t in zip(shape, dl, qt)]
+    rest = counts[d] % size
+    others = math.prod(counts) // counts[d]
+    if not rest or counts[d] < size or rest * others % size:
+        return False
+    sizes = []  # per dim: the visited-set sizes of the tiles a tail item may have there
+    for e in range(len(shape)):
+        mask = np.asarray(neighborhood_mask((shape[e],), (ks[e],), (st[e],), (dl[e],), (ca[e],)))
+        sets = [[_dim_sets(mask, shape[e], dl[e], g, qt[e], kt[e], t) for t in range(counts[e])]
+                for g in range(dl[e])]
+        if e == d:
+            if not all(len(set(per_group[t:t + size])) == 1 for per_group in sets
+                       for t in range(0, counts[d] - rest, size)):
+                return False
+            sizes.append({len(v) for per_group in sets for v, _ in per_group[counts[d] - rest:]})
+        else:
+            sizes.append({len(v) for per_group in sets for v, _ in per_group})
+    return len({math.prod(p) for p in itertools.product(*sizes)}) == 1
+
+
+def test_tail_dims_are_sound_against_brute_force():
+    claimed = 0
+    for seed in range(400):
+        c = _pairable_case(random.Random(1000 + seed), 2)
+        if any(w * d > n for w, d, n in zip(c["ks"], c["dl"], c["shape"])):
+            continue
+        geom = TileGeometry(tuple(c["qt"]), tuple(c["kt"]), tuple(c["ks"]), tuple(c["st"]), tuple(c["dl"]),
+                            tuple(c["ca"]))
+        whole = set(pairable_dims(geom, c["shape"], 2))
+        with_tail = set(pairable_dims(geom, c["shape"], 2, tail=True))
+        assert whole <= with_tail, f"seed {seed}: {c}"
+        for d in with_tail - whole:
+            assert _brute_tail_ok(c, d, 2), f"seed {seed}, dim {d}: tail clusters claimed: {c}"
+            claimed += 1
+    assert claimed >= 10, claimed  # the tail rule was exercised
+
+
+def test_tail_worked_example():
+    # 3D 30x48x80 w=18x24x24 s=16x8x8, 2x8x8 tiles: 15 tiles along dim 0 (two stride groups of 8
+    # and 7), pairs 0..13, tile 14 alone in 6 x 10 columns: 30 tail clusters per head.
+    g = TileGeometry((2, 8, 8), (2, 8, 8), (18, 24, 24), (16, 8, 8), (1, 1, 1), (False,) * 3)
+    assert pairable_dims(g, [30, 48, 80], 2, tail=True) == [0]
+    # 2D s=1: neighbouring tiles see different windows, tail or not.
+    g = TileGeometry((16, 8), (16, 8), (80, 80), (1, 1), (1, 1), (False, False))
+    assert pairable_dims(g, [256, 256], 2, tail=True) == []
+    # 1D blocked with an odd tile count: the one tail tile has no partner.
+    g = TileGeometry((128,), (128,), (256,), (256,), (1,), (False,))
+    assert pairable_dims(g, [128 * 5], 2, tail=True) == []
+
+
+_TAIL_CASES = [  # shape, q_tile, kernel_size, stride, dilation, order
+    ((30, 48, 80), (2, 8, 8), (18, 24, 24), (16, 8, 8), (1, 1, 1), (1, 2, 0)),
+    ((30, 48, 80), (2, 8, 8), (18, 24, 24), (16, 8, 8), (1, 1, 1), ()),
+    ((14, 16), (2, 4), (14, 4), (1, 4), (1, 1), ()),  # dense dim 0 of 7 tiles, dim 1 one window per tile
+    ((28, 16), (2, 4), (14, 4), (1, 4), (2, 1), (1, 0)),  # the same, dim 0 dilated (two groups of 14)
+]
+
+
+def _tail_geometry(shape, q_tile, ks, st, dl, order) -> TileGeometry:
+    rank = len(shape)
+    plain = TileGeometry(q_tile, q_tile, ks, st, dl, (False,) * rank)
+    assert not pairable_dims(plain, shape, 2)
+    dim = pairable_dims(plain, shape, 2, tail=True)[-1]
+    return TileGeometry(q_tile, q_tile, ks, st, dl, (False,) * rank, dim, 2, order, pair_tail=True)
+
+
+@pytest.mark.parametrize("case", _TAIL_CASES)
+def test_tail_work_order_is_a_bijection_of_clusters(case):
+    """With a tail, item pairs ``(2c, 2c + 1)`` are either a complete group (tiles ``2t, 2t + 1``
+    along the pair dim, same KV boxes, ``shared``) or two tail tiles (unshared, equal KV tile
+    counts); every tile of every group occurs once."""
+    shape, q_tile, ks, st, dl, order = case
+    geom = _tail_geometry(*case)
+    rank, dim = len(shape), geom.pair_dim
+    plain = TileGeometry(q_tile, q_tile, ks, st, dl, (False,) * rank)
+    n = geom.num_work_tiles(shape)
+    count = -(-(-(-shape[dim] // dl[dim])) // q_tile[dim])
+    works = [QTileWork(geom, shape, w) for w in range(n)]
+    assert n % 2 == 0
+    for a, b in zip(works[0::2], works[1::2]):
+        assert a.group == b.group and a.shared == b.shared
+        assert a.shared == (a.q_tile_idx[dim] < count - count % 2)
+        if a.shared:
+            assert a.q_tile_idx[dim] % 2 == 0 and b.q_tile_idx[dim] == a.q_tile_idx[dim] + 1
+            assert [t for i, t in enumerate(a.q_tile_idx) if i != dim] == [t for i, t in enumerate(b.q_tile_idx) if i != dim]
+            assert a.kv_boxes() == b.kv_boxes()
+        else:
+            assert a.num_kv_tiles == b.num_kv_tiles
+    seen = [(tuple(w.group), tuple(w.q_tile_idx)) for w in works]
+    every = {(tuple(w.group), tuple(w.q_tile_idx)) for w in (QTileWork(plain, shape, i) for i in range(n))}
+    assert len(set(seen)) == n and set(seen) == every
+    assert sum(not w.shared for w in works) == n // count * (count % 2)
+
+
+@pytest.mark.parametrize("ctas", [132, 6, 4])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_persistent_tail_clusters_stay_in_step(ctas: int, heads: int):
+    """A persistent launch of the 3D s=16 row with tails: the two CTAs of a cluster take equally
+    many items and at every step either one shared group (same KV boxes) or two tail tiles with
+    equal KV tile counts, so their K/V stages turn over together."""
+    shape = (30, 48, 80)
+    geom = _tail_geometry(*_TAIL_CASES[0])
+    tiles = geom.num_work_tiles(shape)
+    total = tiles * heads
+    grid = min(total, ctas)
+    walks = [list(range(b, total, grid)) for b in range(grid)]
+    for c in range(grid // 2):
+        a_walk, b_walk = walks[2 * c], walks[2 * c + 1]
+        assert len(a_walk) == len(b_walk)
+        for wa, wb in zip(a_walk, b_walk):
+            assert wa // tiles == wb // tiles  # one head
+            a, b = QTileWork(geom, shape, wa % tiles), QTileWork(geom, shape, wb % tiles)
+            assert a.shared == b.shared
+            if a.shared:
+                assert a.kv_boxes() == b.kv_boxes()
+            else:
+                assert a.num_kv_tiles == b.num_kv_tiles

@@ -42,8 +42,13 @@ CONFIGS = [
     # clusters of four Q tiles on persistent CTAs (the 1D blocked row): K/V multicast into four CTAs.
     dataclasses.replace(_cfg("float16", 128, (2048,), (2048,), (1,), (False,)), persistent_ctas=128,
                         mainloop="rotated", cluster_dim=0, cluster_size=4),
+    # pairs with unshared tail clusters (the 3D s=16 row: 15 Q tiles along dim 0): every K/V load
+    # is a multicast whose issuer and mask depend on the item.
+    dataclasses.replace(_cfg("float16", 128, (18, 24, 24), (16, 8, 8), (1, 1, 1), (False, False, False)),
+                        persistent_ctas=132, mainloop="rotated", tile_order=(1, 2, 0), cluster_dim=0,
+                        cluster_tail=True),
 ]
-IDS = [f"{c.rank}d{f'-clusters{c.cluster_size}' * (c.cluster_dim >= 0)}{'-persistent' * (c.persistent_ctas > 0)}{'-order' * bool(c.tile_order)}"
+IDS = [f"{c.rank}d{f'-clusters{c.cluster_size}' * (c.cluster_dim >= 0)}{'-tail' * c.cluster_tail}{'-persistent' * (c.persistent_ctas > 0)}{'-order' * bool(c.tile_order)}"
        for c in CONFIGS]
 
 
@@ -99,10 +104,17 @@ def test_new_process_loads_from_disk(compiled) -> None:
 def test_bad_persistent_config_is_refused_naming_it(changes: dict, words: list[str]) -> None:
     from gna_cute.kernels.sm90_fwd import GNAFwdSm90
 
-    cfg = dataclasses.replace(CONFIGS[-2], **changes)
+    cfg = dataclasses.replace(CONFIGS[5], **changes)
     with pytest.raises(ValueError) as e:
         GNAFwdSm90(cfg)
     assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_cluster_tail_needs_a_cluster_dim() -> None:
+    from gna_cute.kernels.sm90_fwd import GNAFwdSm90
+
+    with pytest.raises(ValueError, match="cluster_tail=True"):
+        GNAFwdSm90(dataclasses.replace(CONFIGS[-1], cluster_dim=-1))
 
 
 def test_split_epilogue_needs_an_even_first_dim() -> None:

@@ -210,9 +210,24 @@ def test_product_launches_pairs_where_quads_are_possible() -> None:
     # 1D s=2048: sixteen 128-token Q tiles share every KV tile, so groups of four are possible,
     # but the product takes at most PRODUCT_MAX_CLUSTER (pairs: quads measured slower on the H100)
     args = _args((32768,), (2048,), (2048,))
-    assert tile_choice.choose_cluster(90, args.params, (128,), (128,), max_size=4) == (0, 4)
+    assert tile_choice.choose_cluster(90, args.params, (128,), (128,), max_size=4) == (0, 4, False)
     cfg = interface.make_config(args, 90)
     assert (cfg.cluster_dim, cfg.cluster_size) == (0, tile_choice.PRODUCT_MAX_CLUSTER) == (0, 2)
+
+
+def test_tail_clusters_only_where_no_dim_pairs_whole() -> None:
+    # 3D s=16x8x8 with 2x8x8 tiles: no dim pairs whole (15 tiles along dim 0); with tails, dim 0.
+    p = GNAParams.make((30, 48, 80), (18, 24, 24), (16, 8, 8))
+    t3 = ((2, 8, 8), (2, 8, 8))
+    assert tile_choice.choose_cluster(90, p, *t3) == (-1, 2, False)
+    assert tile_choice.choose_cluster(90, p, *t3, tail=True) == (0, 2, True)
+    # a dim that pairs whole is preferred to a tail (2D s=16 pairs along dim 1)
+    p2 = GNAParams.make((256, 256), 80, 16)
+    assert tile_choice.choose_cluster(90, p2, (16, 8), (16, 8), tail=True) == (1, 2, False)
+    # the product's choice follows PRODUCT_CLUSTER_TAIL (off until measured on a GPU)
+    args = _args((30, 48, 80), (18, 24, 24), (16, 8, 8), q_tile_shape=t3[0], kv_tile_shape=t3[1])
+    cfg = interface.make_config(args, 90)
+    assert (cfg.cluster_dim >= 0, cfg.cluster_tail) == (tile_choice.PRODUCT_CLUSTER_TAIL,) * 2
 
 
 @pytest.mark.parametrize(
