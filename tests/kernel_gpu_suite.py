@@ -19,6 +19,7 @@ compiled once, up front, in parallel processes (``interface.warm``), into the di
 from __future__ import annotations
 
 import dataclasses
+import math
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
@@ -62,6 +63,8 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
             if c.static not in largest or _items(c) > _items(largest[c.static]):
                 largest[c.static] = c
     persistent_cases = list(largest.values())[:10]
+    # tail clusters (sm90, ``FwdConfig.cluster_tail``), forced on whatever the product's flag says
+    tail_cases = ks.tail_cluster_cases() if arch == 90 else []
     kernel = {
         "can_run": getattr(interface, f"can_run_{name}"),
         "forward": getattr(interface, f"forward_{name}"),
@@ -127,6 +130,35 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         expected = sim.tile_counts(args.params, cfg.q_tile_shape, cfg.kv_tile_shape)
         np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
 
+    @pytest.fixture
+    def tails_on(monkeypatch: pytest.MonkeyPatch):
+        """The host layer with tail clusters allowed (its config cache cleared on both sides)."""
+        from gna_cute.kernels import tile_choice
+
+        monkeypatch.setattr(tile_choice, "PRODUCT_CLUSTER_TAIL", True)
+        interface._config_of.cache_clear()
+        yield
+        interface._config_of.cache_clear()
+
+    @pytest.mark.parametrize("sm_count", [132, 6])
+    @pytest.mark.parametrize("case", tail_cases, ids=[c.id for c in tail_cases])
+    def test_tail_clusters(case: ks.Case, sm_count: int, tails_on: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Output, LSE and tile counts of problems run with tail clusters (unshared clusters of the
+        paired dim's last tiles), on the SM count's persistent CTAs where the work is uniform and on
+        6 (many items per CTA, shared and tail clusters in one CTA's walk)."""
+        monkeypatch.setattr(interface, "_sm_count", lambda device: sm_count)
+        args = case.args()
+        cfg = interface.make_config(args, arch)
+        assert cfg.cluster_dim >= 0 and cfg.cluster_tail, cfg
+        interface.warm([cfg, interface.make_config(args, arch, count_tiles=True)])
+        out, lse = kernel["forward"](args)
+        big = math.prod(case.spatial) > ks.MAX_SMALL_TOKENS
+        errors = ks.measure(case, args, out, lse, full_reference=not big)
+        assert errors.ok(), errors
+        counted = interface.make_config(args, arch, count_tiles=True)
+        expected = sim.tile_counts(args.params, counted.q_tile_shape, counted.kv_tile_shape)
+        np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
+
     @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
     def test_auto_picks_the_kernel(case: ks.Case, compile_errors: dict) -> None:
         args = prepare(case, compile_errors)
@@ -182,6 +214,8 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         "test_tile_counts_match_simulator": test_tile_counts_match_simulator,
         "test_auto_picks_the_kernel": test_auto_picks_the_kernel,
         "test_persistent_ctas_many_items": test_persistent_ctas_many_items,
+        "tails_on": tails_on,
+        "test_tail_clusters": test_tail_clusters,
         "test_cuda_graph_capture_and_replay": test_cuda_graph_capture_and_replay,
         "test_torch_compile_fullgraph": test_torch_compile_fullgraph,
     }

@@ -255,6 +255,24 @@ def headline_cases() -> list[Case]:
     return cases
 
 
+def tail_cluster_cases() -> list[Case]:
+    """Problems whose only Q-tile pairs leave a tail (an odd tile count along the paired dim; sm90
+    ``FwdConfig.cluster_tail``): the 3D s=16 headline row at 2 heads, 3D stride groups of four and
+    three tiles (uniform work: persistent CTAs), a dense dim of three 16-row tiles whose last is
+    half outside the axis (GQA, bf16, D 64), and a dilated dim whose groups hold seven tiles."""
+    f16, bf16 = torch.float16, torch.bfloat16
+    t3, t2 = ((2, 8, 8), (2, 8, 8)), ((16, 8), (16, 8))
+    return [
+        Case(Static(f16, 128, (18, 24, 24), (16, 8, 8), (1, 1, 1), (False,) * 3, t3), (30, 48, 80), 1, 2, 1,
+             seed=300, label="tail"),
+        Case(Static(f16, 128, (10, 8, 8), (8, 8, 8), (1, 1, 1), (False,) * 3, t3), (14, 16, 16), 2, 3, 3,
+             seed=301, label="tail"),
+        Case(Static(bf16, 64, (40, 8), (1, 8), (1, 1), (False, False), t2), (40, 32), 1, 4, 2, seed=302, label="tail"),
+        Case(Static(f16, 128, (5, 8, 8), (4, 8, 8), (2, 1, 1), (False,) * 3, t3), (28, 16, 16), 1, 2, 2,
+             seed=303, label="tail"),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Independent fp64 truth and the same-precision baseline, on selected query rows
 # ---------------------------------------------------------------------------------------------
