@@ -204,6 +204,10 @@ def launch_info(q, k, v, problem: Problem, scale: float, arch: int, q_tile=None,
         parts.append(f"clusters of {cfg.cluster_size} along dim {cfg.cluster_dim}" + " with tail" * cfg.cluster_tail)
     if cfg.tile_order:
         parts.append("tile order " + ",".join(map(str, cfg.tile_order)))
+    if cfg.q_buffers == 1:
+        parts.append("one Q buffer")
+    if cfg.early_stage_slices:
+        parts.append("early stage slices")
     return ", ".join(parts)
 
 

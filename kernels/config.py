@@ -69,6 +69,13 @@ class FwdConfig:
     # The order in which work items walk the Q tiles, slowest dim first (a permutation of the
     # dims; empty: row-major); chosen per problem by ``tile_choice.choose_tile_order``.
     tile_order: tuple[int, ...] = ()
+    # sm90 persistent CTAs: Q buffers; 0: two where they fit (the next item's Q loads during this
+    # item and the item boundary is pipelined), 1: one (Q's operand descriptors are static, which
+    # shortens the mainloop; the boundary is not pipelined); ``tile_choice.choose_q_buffers``.
+    q_buffers: int = 0
+    # sm90: the unmasked rotated step slices its K/V stage operands before the K wait (ptxas then
+    # steps K's descriptors with 64-bit adds: a shorter loop); ``tile_choice.choose_early_stage_slices``.
+    early_stage_slices: bool = False
 
     @property
     def rank(self) -> int:

@@ -36,6 +36,10 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
         raise ValueError(f"cluster_dim={cfg.cluster_dim}: clusters of paired Q tiles are sm90 only, dim < rank")
     if (why := cluster_size_problem(cfg.cluster_size)) is not None:
         raise ValueError(why)
+    if cfg.q_buffers not in (0, 1, 2) or (cfg.q_buffers and arch != 90):
+        raise ValueError(f"q_buffers={cfg.q_buffers}: 0 (the kernel's choice), 1 or 2; an sm90 option")
+    if cfg.early_stage_slices and arch != 90:
+        raise ValueError("early_stage_slices=True: an sm90 option")
     if cfg.cluster_tail and cfg.cluster_dim < 0:
         raise ValueError("cluster_tail=True: needs a cluster_dim >= 0 (tail tiles of a paired dim)")
     if cfg.persistent_ctas and (arch != 90 or cfg.persistent_ctas < 0 or cfg.persistent_ctas % 2):

@@ -250,6 +250,8 @@ def _config_of(
     """The config of a problem, cached: a repeated problem costs a lookup, not ~6 us of building."""
     cluster_dim, cluster_size, cluster_tail = tile_choice.choose_cluster(
         arch, p, q_tile_shape, kv_tile_shape, tile_choice.PRODUCT_MAX_CLUSTER, tile_choice.PRODUCT_CLUSTER_TAIL)
+    mainloop = tile_choice.choose_mainloop(arch, p, q_tile_shape, kv_tile_shape)
+    persistent = tile_choice.choose_persistent_ctas(arch, p, sm_count, q_tile_shape, kv_tile_shape, cluster_size)
     return FwdConfig(
         arch=arch,
         dtype=cute_tensors.dtype_name(dtype),
@@ -262,13 +264,14 @@ def _config_of(
         dilation=dilation_split.kernel_dilation(p),
         is_causal=p.is_causal,
         count_tiles=count_tiles,
-        mainloop=tile_choice.choose_mainloop(arch, p, q_tile_shape, kv_tile_shape),
+        mainloop=mainloop,
         cluster_dim=cluster_dim,
         cluster_size=cluster_size,
         cluster_tail=cluster_tail,
-        persistent_ctas=tile_choice.choose_persistent_ctas(arch, p, sm_count, q_tile_shape, kv_tile_shape,
-                                                           cluster_size),
+        persistent_ctas=persistent,
         tile_order=tile_choice.choose_tile_order(arch, p, q_tile_shape, kv_tile_shape),
+        q_buffers=tile_choice.choose_q_buffers(arch, p, q_tile_shape, kv_tile_shape, persistent),
+        early_stage_slices=tile_choice.choose_early_stage_slices(arch, mainloop),
     )
 
 

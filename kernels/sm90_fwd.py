@@ -101,7 +101,7 @@ class GNAFwdSm90:
         self, cfg: FwdConfig, mainloop: str | None = None, turns: bool = True,
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
-        overlap_items: bool = True, early_stage_slices: bool = False, q_stages: int | None = None,
+        overlap_items: bool = True, early_stage_slices: bool | None = None, q_stages: int | None = None,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -132,12 +132,12 @@ class GNAFwdSm90:
         # The producer issues K one tile ahead of V for the rotated loops (serial: K and V together).
         self.overlap = self.mainloop != "serial"
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
-        # Dev option (off in the product): the unmasked rotated step slices its K/V stage operands
-        # before the K wait.  Same PTX values, but ptxas then steps K's descriptors with 64-bit adds:
-        # unmasked loop 485 instead of 507 instructions on 1D dense (FA4: 457).  Measured level in a
-        # sweep whose spread (+-2.5 %) was larger than the 1.7 % per-cycle gap to FA4 dense it may
-        # close; re-measured with the bench's interleaved timing next (docs/sm90-kernel.md).
-        self.early_stage_slices = early_stage_slices
+        # early_stage_slices (cfg's, or this override; off in the product so far): the unmasked
+        # rotated step slices its K/V stage operands before the K wait.  Same PTX values, but ptxas
+        # then steps K's descriptors with 64-bit adds: unmasked loop 485 instead of 507 instructions
+        # on 1D dense (FA4: 457).  Measured level in a sweep whose spread (+-2.5 %) was larger than
+        # the 1.7 % per-cycle gap to FA4 dense it may close (docs/sm90-kernel.md).
+        self.early_stage_slices = cfg.early_stage_slices if early_stage_slices is None else early_stage_slices
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
         self.dtype = fwd_common.DTYPES[cfg.dtype]
@@ -177,7 +177,9 @@ class GNAFwdSm90:
         self.q_stages = 1
         if self.persistent and fixed + self.tile_m * self.hdim * elem + self.num_stages * per_stage <= _SMEM_BUDGET_ALIASED:
             self.q_stages = 2
-        if q_stages is not None:  # dev: 1 = one Q buffer (static Q descriptors, no pipelined boundary)
+        if q_stages is None and cfg.q_buffers:
+            q_stages = cfg.q_buffers
+        if q_stages is not None:  # 1 = one Q buffer (static Q descriptors, no pipelined boundary)
             if q_stages not in (1, self.q_stages):
                 raise ValueError(f"q_stages={q_stages}: this config takes 1..{self.q_stages} Q buffers")
             self.q_stages = q_stages

@@ -252,6 +252,37 @@ def choose_persistent_ctas(arch: int, params: GNAParams, sm_count: int, q_tile_s
     return 0
 
 
+#: Whether the product runs persistent CTAs with one Q buffer where items are long
+#: (``FwdConfig.q_buffers = 1``) and slices the K/V stages early (``early_stage_slices``).  Both
+#: shorten the unmasked loop's SASS toward FA4's (1D dense: 507 -> 460 instructions per tile, FA4
+#: 457); off until the interleaved bench timing on a GPU says they win (docs/sm90-kernel.md).
+PRODUCT_ONE_Q_BUFFER = False
+PRODUCT_EARLY_STAGE_SLICES = False
+#: Items of at least this many KV tiles (per Q tile, on average) take one Q buffer: one item
+#: boundary, no longer overlapped with the tensor cores (~1 us), against ~3 % of each tile.
+ONE_Q_BUFFER_MIN_TILES = 64
+
+
+@lru_cache(maxsize=1024)
+def choose_q_buffers(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...],
+                     persistent_ctas: int) -> int:
+    """``FwdConfig.q_buffers``: 1 for persistent CTAs whose items average at least
+    ``ONE_Q_BUFFER_MIN_TILES`` visited KV tiles (where ``PRODUCT_ONE_Q_BUFFER`` is on), else 0
+    (the kernel's default: two Q buffers where they fit)."""
+    if arch != 90 or not persistent_ctas or not PRODUCT_ONE_Q_BUFFER:
+        return 0
+    from gna_cute.sim import tile_counts  # numpy only; imported late as in _simulated_costs
+
+    visited = tile_counts(params, q_tile_shape, kv_tile_shape)[0]
+    return 1 if visited.mean() >= ONE_Q_BUFFER_MIN_TILES else 0
+
+
+def choose_early_stage_slices(arch: int, mainloop: str) -> bool:
+    """``FwdConfig.early_stage_slices``: on for the sm90 rotated loops where
+    ``PRODUCT_EARLY_STAGE_SLICES`` is on."""
+    return arch == 90 and mainloop != "serial" and PRODUCT_EARLY_STAGE_SLICES
+
+
 def _uniform_work(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...]) -> bool:
     """Whether every Q tile visits the same number of KV tiles, all of them unmasked (the
     simulator's per-tile counts, the ones the kernels' debug counters are tested against)."""

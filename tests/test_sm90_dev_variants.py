@@ -1,6 +1,7 @@
 """CPU, in CI: the sm90 kernel's dev-only options still compile for sm_90a, and do what they say.
 
 The persistent ``trace`` variant must compile and read the global timer, the plain kernel must not.
+The config fields ``q_buffers`` / ``early_stage_slices`` must build the same loop as the dev options.
 The ``early`` variant must shorten the unmasked mainloop and its turn window, and with one Q buffer
 (``q1``) drop every 32-bit descriptor step.  A fresh process with SASS dumps on compiles the
 ``_dev_check`` variants of a 1D problem with Q-tile pairs.
@@ -19,7 +20,7 @@ from compile_check import child_env, opcode, sass_loops
 pytest.importorskip("cutlass")
 
 _CHILD = r"""
-import json, shutil, sys
+import dataclasses, json, shutil, sys
 from pathlib import Path
 from gna_cute.kernels._dev_check import VariantKey, _build_variant, make_cfg, with_pairs
 
@@ -30,6 +31,12 @@ for variant in sys.argv[2:]:
         p.unlink() if p.is_file() else shutil.rmtree(p)
     _build_variant(VariantKey.of(cfg, variant))
     out[variant] = "\n".join(p.read_text() for p in dump.glob("*.sass"))
+# the same options as config fields (the product's path): one Q buffer, early slices
+fields = dataclasses.replace(cfg, q_buffers=1, early_stage_slices=True)
+for p in dump.glob("*"):
+    p.unlink() if p.is_file() else shutil.rmtree(p)
+_build_variant(VariantKey.of(fields, "rotated+mc+pers"))
+out["fields:q1+early"] = "\n".join(p.read_text() for p in dump.glob("*.sass"))
 print("REPORT" + json.dumps({"cluster_dim": cfg.cluster_dim, "sass": out}))
 """
 
@@ -89,3 +96,9 @@ def test_one_q_buffer_makes_the_q_descriptors_static(report: dict) -> None:
     early, q1 = (_unmasked_loop(report["sass"][v]) for v in ("rotated+mc+pers+early", "rotated+mc+pers+q1+early"))
     assert len(q1) < len(early) and _turn_window(q1) < _turn_window(early)
     assert sum(opcode(x) == "UIADD3.X" for x in q1) == 0
+
+
+def test_config_fields_build_the_dev_options(report: dict) -> None:
+    # FwdConfig(q_buffers=1, early_stage_slices=True) is how the product would ask for them
+    dev, fields = (_unmasked_loop(report["sass"][v]) for v in ("rotated+mc+pers+q1+early", "fields:q1+early"))
+    assert fields == dev

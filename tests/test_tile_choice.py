@@ -7,6 +7,8 @@ simulator the chooser is built on.
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import math
 
@@ -320,3 +322,40 @@ def test_tile_order_puts_the_most_shared_dim_last(params: GNAParams) -> None:
                             params.dilation, params.is_causal)
     assert tile_choice.choose_tile_order(90, bigger, q_tile, kv_tile) == tile_choice.choose_tile_order(
         90, params, q_tile, kv_tile)
+
+
+def test_one_q_buffer_and_early_slices_follow_the_product_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    # off (the default): the kernel's own choice
+    dense = GNAParams.make((32768,), 32768)
+    blocked = GNAParams.make((32768,), 2048, 2048)
+    assert tile_choice.choose_q_buffers(90, dense, *T1, 132) == 0
+    assert tile_choice.choose_early_stage_slices(90, "rotated") is tile_choice.PRODUCT_EARLY_STAGE_SLICES
+    monkeypatch.setattr(tile_choice, "PRODUCT_ONE_Q_BUFFER", True)
+    monkeypatch.setattr(tile_choice, "PRODUCT_EARLY_STAGE_SLICES", True)
+    tile_choice.choose_q_buffers.cache_clear()
+    try:
+        # 256 KV tiles per item: one buffer; 16 (the blocked row): the pipelined boundary stays
+        assert tile_choice.choose_q_buffers(90, dense, *T1, 132) == 1
+        assert tile_choice.choose_q_buffers(90, blocked, *T1, 132) == 0
+        assert tile_choice.choose_q_buffers(90, dense, *T1, 0) == 0  # one CTA per item: one buffer anyway
+        assert tile_choice.choose_q_buffers(100, dense, *T1, 132) == 0
+        assert tile_choice.choose_early_stage_slices(90, "rotated")
+        assert not tile_choice.choose_early_stage_slices(90, "serial")
+        assert not tile_choice.choose_early_stage_slices(100, "rotated")
+    finally:
+        tile_choice.choose_q_buffers.cache_clear()
+
+
+@pytest.mark.parametrize("changes, words", [(dict(q_buffers=3), ["q_buffers=3"]),
+                                            (dict(arch=100, q_buffers=1), ["q_buffers=1", "sm90"]),
+                                            (dict(arch=100, early_stage_slices=True), ["early_stage_slices", "sm90"])])
+def test_sm90_loop_options_are_checked(changes: dict, words: list[str]) -> None:
+    pytest.importorskip("cutlass")
+    from gna_cute.kernels import fwd_common
+    from gna_cute.kernels.config import FwdConfig
+
+    cfg = dataclasses.replace(FwdConfig(90, "float16", 128, 128, (128,), (128,), (64,), (1,), (1,), (False,)),
+                              **changes)
+    with pytest.raises(ValueError) as e:
+        fwd_common.check_config(cfg, cfg.arch, "kernel")
+    assert all(w in str(e.value) for w in words), str(e.value)
