@@ -66,9 +66,9 @@ def describe(stats: dict) -> str:
 
 
 def annotate(rows: list[dict], samples: list[Sample]) -> None:
-    """Add the clocks of each timed row's window (``timed_window``, set by the runner), and what
-    its back-to-back loops (``sustained``, when asked for) ran at."""
-    from .sustained import describe as describe_loops, summarize as summarize_loops
+    """Add the clocks of each timed row's window (``timed_window``, set by the runner), what its
+    back-to-back loops (``sustained``, when asked for) ran at, and the looped ratio to the best peer."""
+    from .sustained import derive_ratios, describe as describe_loops, summarize as summarize_loops
 
     for row in rows:
         window = row.get("timed_window")
@@ -80,6 +80,7 @@ def annotate(rows: list[dict], samples: list[Sample]) -> None:
             loops = summarize_loops(row["sustained"], samples)
             row["sustained_summary"] = loops
             row["info"] = {**(row.get("info") or {}), "sustained": describe_loops(loops)}
+    derive_ratios(rows)
 
 
 def nvidia_smi_id(index: int) -> str:

@@ -161,6 +161,14 @@ def _own_dense(row: dict) -> str:
     return f"{row['speedup_own_dense']:.2f} ({row['pct_tile_bound_own_dense']:.0f} %)"
 
 
+def _peer(row: dict) -> str:
+    """``x best peer``, with the ratio of the back-to-back loops (``--sustained``) where there is one."""
+    text = _f(row.get("speedup_peer"), ".2f")
+    if row.get("speedup_peer_sustained") is not None:
+        text += f" ({row['speedup_peer_sustained']:.2f} looped)"
+    return text
+
+
 def _notes(row: dict) -> str:
     if row.get("status") != "ok":
         return f"{row.get('status')}: {row.get('reason', '')}"
@@ -180,7 +188,7 @@ def row_table(record: RunRecord, include_skipped: bool = True) -> list[list[str]
         ran = r.get("status") == "ok"
         out.append([
             r["problem"], r["provider"], _f(r.get("ms"), ".3f") if ran else "-",
-            _f(r.get("speedup_cudnn"), ".2f"), _f(r.get("speedup_peer"), ".2f"),
+            _f(r.get("speedup_cudnn"), ".2f"), _peer(r),
             _f(r.get("useful_tflops"), ".0f"), _f(r.get("pct_tile_bound"), ".0f"), _own_dense(r),
             _f(r.get("max_err"), ".1e"), _f(r.get("host_us"), ".0f"), _notes(r),
         ])

@@ -169,6 +169,7 @@ def _derive(problem: Problem, rows: list[dict]) -> None:
             r["pct_tile_bound"] = 100.0 * (cudnn / ms) / bound
         if best_peer:
             r["speedup_peer"] = best_peer / ms
+        r["peer_of_ratio"] = r["role"] in peer_roles  # a candidate best peer (also for the looped ratio)
 
 
 def _sim_rows(problem: Problem, rows: list[dict]) -> list[dict]:

@@ -88,3 +88,23 @@ def describe(s: dict) -> str:
     per_call = [f"{s[key]:.4g} {unit}" for key, unit in (("mcycles", "Mcycles"), ("joules", "J"))
                 if s[key] is not None]
     return text + (f": {', '.join(per_call)} per call" if per_call else "")
+
+
+def derive_ratios(rows: list[dict]) -> None:
+    """Per problem, ``speedup_peer_sustained``: the best peer's looped ms over each looped row's
+    (rows with a ``sustained_summary``; the peers are those ``runner`` marked ``peer_of_ratio``).
+
+    Why: at the power cap the timed ratio of two kernels moves by several percent from process to
+    process with the clock a call starts on; looped for seconds, both settle at the cap, and their
+    ratio is the steady-state one a long training or sampling run sees.
+    """
+    by_problem: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("sustained_summary"):
+            by_problem.setdefault(r.get("problem", ""), []).append(r)
+    for looped in by_problem.values():
+        peers = [r["sustained_summary"]["ms"] for r in looped if r.get("peer_of_ratio")]
+        if not peers:
+            continue
+        for r in looped:
+            r["speedup_peer_sustained"] = min(peers) / r["sustained_summary"]["ms"]

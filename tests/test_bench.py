@@ -292,6 +292,7 @@ def test_derived_columns_from_timings():
     ours = rows[3]
     assert ours["speedup_cudnn"] == pytest.approx(12.5)
     assert ours["speedup_peer"] == pytest.approx(10.0 / 8.0)  # best peer is the faster one
+    assert [r["peer_of_ratio"] for r in rows] == [False, True, True, False]  # the looped ratio's peers
     assert ours["useful_tflops"] == pytest.approx(sparse.useful_flops / 8e-3 / 1e12)
     assert ours["pct_tile_bound"] == pytest.approx(100 * 12.5 / 10.24)
     dense_rows = [ok(dense, "gna_cute", "ours", 90.0)]
@@ -523,3 +524,31 @@ def test_launch_info_names_the_kernel_variant(name: str, expected: str) -> None:
     shape = (prob.batch, *prob.spatial_shape, prob.heads, prob.head_dim)
     q = torch.empty(shape, dtype=torch.float16, device="meta")
     assert providers.launch_info(q, q, q, prob, 0.1, 90, prob.q_tile_shape, prob.kv_tile_shape) == expected
+
+
+def test_looped_ratio_to_the_best_peer():
+    """``--sustained``: each looped row's ratio to the best looped peer of its problem (here 20 ms
+    vs the faster peer's 21 ms), shown next to the timed ratio; a problem whose peers did not loop
+    gets none."""
+    from gna_cute.bench import clocks, results
+
+    def loops(ms):
+        return [{"calls": 100, "seconds": ms / 10.0, "window": [10.0, 10.0 + ms / 10.0]}]
+
+    rows = [
+        {"problem": "p", "provider": "ours", "role": "ours", "status": "ok", "ms": 19.0, "speedup_peer": 21.5 / 19.0,
+         "peer_of_ratio": False, "sustained": loops(20.0)},
+        {"problem": "p", "provider": "fa4", "role": "peer", "status": "ok", "ms": 21.5, "speedup_peer": 1.0,
+         "peer_of_ratio": True, "sustained": loops(21.0)},
+        {"problem": "p", "provider": "flex", "role": "peer", "status": "ok", "ms": 30.0, "speedup_peer": 21.5 / 30.0,
+         "peer_of_ratio": True, "sustained": loops(33.0)},
+        {"problem": "q", "provider": "ours", "role": "ours", "status": "ok", "ms": 5.0, "peer_of_ratio": False,
+         "sustained": loops(5.0)},
+    ]
+    clocks.annotate(rows, [])
+    assert rows[0]["speedup_peer_sustained"] == pytest.approx(21.0 / 20.0)
+    assert rows[2]["speedup_peer_sustained"] == pytest.approx(21.0 / 33.0)
+    assert "speedup_peer_sustained" not in rows[3]
+    record = results.RunRecord("t", {}, {}, [], rows)
+    cells = {r[1]: r[4] for r in results.row_table(record) if r[0] == "p"}
+    assert cells["ours"] == "1.13 (1.05 looped)"
