@@ -75,7 +75,7 @@ class TileGeometry:
             cfg.cluster_dim,
             cfg.cluster_size,
             tuple(cfg.tile_order),
-            bool(getattr(cfg, "cluster_tail", False)),
+            cfg.cluster_tail,
         )
 
     @property
@@ -202,7 +202,7 @@ class QTileWork(DslCarried):
             rest = work_idx // per_group
             r = work_idx - rest * per_group
             groups = ntiles[pair] // size
-            paired = per_group // ntiles[pair] * groups * size
+            paired = prod(n for i, n in enumerate(ntiles) if i != pair) * groups * size
             shared = r < paired
             low = sel(shared, r % size, 0)
             rem = sel(shared, r // size, r - paired)

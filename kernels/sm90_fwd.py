@@ -132,11 +132,10 @@ class GNAFwdSm90:
         # The producer issues K one tile ahead of V for the rotated loops (serial: K and V together).
         self.overlap = self.mainloop != "serial"
         self.turns = turns and self.overlap  # the two warpgroups take turns issuing GEMMs
-        # early_stage_slices (cfg's, or this override; off in the product so far): the unmasked
-        # rotated step slices its K/V stage operands before the K wait.  Same PTX values, but ptxas
-        # then steps K's descriptors with 64-bit adds: unmasked loop 485 instead of 507 instructions
-        # on 1D dense (FA4: 457).  Measured level in a sweep whose spread (+-2.5 %) was larger than
-        # the 1.7 % per-cycle gap to FA4 dense it may close (docs/sm90-kernel.md).
+        # early_stage_slices (cfg's, or this override; off in the product until measured): the
+        # unmasked rotated step slices its K/V stage operands before the K wait.  Same PTX values,
+        # but ptxas then steps K's descriptors with 64-bit adds: a shorter loop and turn window
+        # (docs/sm90-kernel.md, "Measured level: stage slices before the K wait").
         self.early_stage_slices = cfg.early_stage_slices if early_stage_slices is None else early_stage_slices
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
@@ -520,14 +519,13 @@ class GNAFwdSm90:
         the item's cluster shares nothing (``QTileWork.shared`` 0: a tail cluster), where every
         CTA loads its own tile (a multicast to itself: one TMA atom serves both)."""
         coord = self._tile_coord(kv, head_kv, group, batch)[1]
-        if const_expr(self.cluster > 1 and self.cfg.cluster_tail):
+        if const_expr(self.cluster > 1):
             rank = cute.arch.block_idx_in_cluster()
-            issuer = (rank == issuer_rank) | (shared == 0)
-            mask = cutlass.select_(shared == 0, Int32(1) << rank, Int32((1 << self.cluster) - 1))
+            issuer, mask = rank == issuer_rank, (1 << self.cluster) - 1
+            if const_expr(self.cfg.cluster_tail):
+                issuer = issuer | (shared == 0)
+                mask = cutlass.select_(shared == 0, Int32(1) << rank, Int32(mask))
             fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state, issuer, mask)
-        elif const_expr(self.cluster > 1):
-            issuer = cute.arch.block_idx_in_cluster() == issuer_rank
-            fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state, issuer, (1 << self.cluster) - 1)
         else:
             fwd_common.tma_load_stage(atom, tXgX, tXsX, pipe, coord, state)
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 from math import gcd, prod
 
 from gna_cute.params import GNAParams
@@ -271,10 +272,7 @@ def choose_q_buffers(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...]
     (the kernel's default: two Q buffers where they fit)."""
     if arch != 90 or not persistent_ctas or not PRODUCT_ONE_Q_BUFFER:
         return 0
-    from gna_cute.sim import tile_counts  # numpy only; imported late as in _simulated_costs
-
-    visited = tile_counts(params, q_tile_shape, kv_tile_shape)[0]
-    return 1 if visited.mean() >= ONE_Q_BUFFER_MIN_TILES else 0
+    return 1 if _tile_counts(params, q_tile_shape, kv_tile_shape)[0].mean() >= ONE_Q_BUFFER_MIN_TILES else 0
 
 
 def choose_early_stage_slices(arch: int, mainloop: str) -> bool:
@@ -283,11 +281,19 @@ def choose_early_stage_slices(arch: int, mainloop: str) -> bool:
     return arch == 90 and mainloop != "serial" and PRODUCT_EARLY_STAGE_SLICES
 
 
-def _uniform_work(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...]) -> bool:
-    """Whether every Q tile visits the same number of KV tiles, all of them unmasked (the
-    simulator's per-tile counts, the ones the kernels' debug counters are tested against)."""
-    from gna_cute.sim import tile_counts  # numpy only; imported late as in _simulated_costs
+@lru_cache(maxsize=64)
+def _tile_counts(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...]) -> Any:
+    """The simulator's visited / full KV tiles per Q tile (the counts the kernels' debug counters
+    are tested against), computed once per problem for the choices that read them (read-only)."""
+    from gna_cute.sim import tile_counts  # numpy only; imported late so the module stays light
 
     counts = tile_counts(params, q_tile_shape, kv_tile_shape)
+    counts.setflags(write=False)
+    return counts
+
+
+def _uniform_work(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...]) -> bool:
+    """Whether every Q tile visits the same number of KV tiles, all of them unmasked."""
+    counts = _tile_counts(params, q_tile_shape, kv_tile_shape)
     visited, full = counts[0], counts[1]
     return bool((visited == visited.flat[0]).all() and (full == visited).all())

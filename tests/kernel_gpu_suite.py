@@ -148,14 +148,13 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         6 (many items per CTA, shared and tail clusters in one CTA's walk)."""
         monkeypatch.setattr(interface, "_sm_count", lambda device: sm_count)
         args = case.args()
-        cfg = interface.make_config(args, arch)
+        cfg, counted = (interface.make_config(args, arch, count_tiles=c) for c in (False, True))
         assert cfg.cluster_dim >= 0 and cfg.cluster_tail, cfg
-        interface.warm([cfg, interface.make_config(args, arch, count_tiles=True)])
+        interface.warm([cfg, counted])
         out, lse = kernel["forward"](args)
         big = math.prod(case.spatial) > ks.MAX_SMALL_TOKENS
         errors = ks.measure(case, args, out, lse, full_reference=not big)
         assert errors.ok(), errors
-        counted = interface.make_config(args, arch, count_tiles=True)
         expected = sim.tile_counts(args.params, counted.q_tile_shape, counted.kv_tile_shape)
         np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
 

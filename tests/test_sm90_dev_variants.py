@@ -25,18 +25,19 @@ from pathlib import Path
 from gna_cute.kernels._dev_check import VariantKey, _build_variant, make_cfg, with_pairs
 
 dump, out = Path(sys.argv[1]), {}
-cfg = with_pairs(make_cfg(1, 512, stride=256), (2048,))
-for variant in sys.argv[2:]:
+
+def sass_of(key):
     for p in dump.glob("*"):
         p.unlink() if p.is_file() else shutil.rmtree(p)
-    _build_variant(VariantKey.of(cfg, variant))
-    out[variant] = "\n".join(p.read_text() for p in dump.glob("*.sass"))
+    _build_variant(key)
+    return "\n".join(p.read_text() for p in dump.glob("*.sass"))
+
+cfg = with_pairs(make_cfg(1, 512, stride=256), (2048,))
+for variant in sys.argv[2:]:
+    out[variant] = sass_of(VariantKey.of(cfg, variant))
 # the same options as config fields (the product's path): one Q buffer, early slices
 fields = dataclasses.replace(cfg, q_buffers=1, early_stage_slices=True)
-for p in dump.glob("*"):
-    p.unlink() if p.is_file() else shutil.rmtree(p)
-_build_variant(VariantKey.of(fields, "rotated+mc+pers"))
-out["fields:q1+early"] = "\n".join(p.read_text() for p in dump.glob("*.sass"))
+out["fields:q1+early"] = sass_of(VariantKey.of(fields, "rotated+mc+pers"))
 print("REPORT" + json.dumps({"cluster_dim": cfg.cluster_dim, "sass": out}))
 """
 
