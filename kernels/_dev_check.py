@@ -119,6 +119,12 @@ VARIANTS = {
     "rotated+mc+pers+tail": dict(mainloop="rotated", persistent_ctas=132),
     "rotated+mc+pers6+tail": dict(mainloop="rotated", persistent_ctas=6),
     "rotated+mc+tail": dict(mainloop="rotated"),
+    # 1D: on a CTA's first item, L2 prefetch of the K/V tiles 2 / 4 visiting steps ahead
+    # (``GNAFwdSm90(prefetch_kv=L)``; a no-op in 2D/3D)
+    "rotated+mc+pers+pf2": dict(mainloop="rotated", persistent_ctas=132, prefetch_kv=2),
+    "rotated+mc+pers+pf4": dict(mainloop="rotated", persistent_ctas=132, prefetch_kv=4),
+    "rotated+mc+pers+pf2+trace": dict(mainloop="rotated", persistent_ctas=132, prefetch_kv=2, trace=True),
+    "rotated+mc+pers4+pf2": dict(mainloop="rotated", persistent_ctas=4, prefetch_kv=2),
 }
 
 
@@ -130,7 +136,7 @@ def cluster_limit(variant: str) -> int:
 
 #: Variants ``sweep`` checks for correctness but does not time (a few CTAs: slow by design).
 CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq", "rotated+mc+pers6", "rotated+q4+pers4",
-                       "rotated+q4+pers8", "rotated+mc+pers6+tail")
+                       "rotated+q4+pers8", "rotated+mc+pers6+tail", "rotated+mc+pers4+pf2")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 
@@ -545,12 +551,17 @@ def sweep_main(variants, rounds: int = 2, save=lambda result: None) -> dict:
     return result
 
 
-def _trace_rows(t, tiles, grid: int) -> tuple:
+def _trace_rows(t, tiles, grid: int, stamped=None) -> tuple:
     """Per-CTA phases (us) of one persistent trace ``t`` (items x 32 int64 ns from the first CTA's
-    entry, see GNAFwdSm90) of ``grid`` CTAs with ``tiles`` KV tiles per item, and the kernel span."""
+    entry, see GNAFwdSm90) of ``grid`` CTAs with ``tiles`` KV tiles per item, and the kernel span;
+    ``stamped`` (items x 32 bools, the raw stamps' nonzero entries) adds each item 0 / 1 step's time."""
+    if stamped is None:
+        stamped = t * 0
     t0 = t[:grid, 15].min()
     ph: dict = {k: [] for k in ("launch skew", "init+sync", "sync->Q issued", "Q issued->S0", "per tile, item 0",
                                 "per tile, item 1", "per tile, item 2", "epilogue", "boundary", "CTA", "tail")}
+    # steps 1..12 of items 0 and 1 (slots 18..29 after the first S, slot 13; 0 = not stamped)
+    steps = {(i, s): [] for i in (0, 1) for s in range(1, 13)}
     items = t.shape[0]
     end = max(int(t[:, 5].max()), int(t[:grid, 17].max()))
     for c in range(grid):
@@ -562,11 +573,16 @@ def _trace_rows(t, tiles, grid: int) -> tuple:
         for i, w in enumerate(ws):
             if tiles[w] > 1:
                 ph[f"per tile, item {min(i, 2)}"].append((t[w, 4] - t[w, 13]) / (tiles[w] - 1))
+            for s in range(1, min(13, int(tiles[w]))):
+                if i < 2 and stamped[w, 17 + s] and stamped[w, 16 + s if s > 1 else 13]:
+                    steps[(i, s)].append(t[w, 17 + s] - t[w, 16 + s if s > 1 else 13])
             ph["epilogue"].append(t[w, 5] - t[w, 4])
             if i + 1 < len(ws):
                 ph["boundary"].append(t[ws[i + 1], 13] - t[w, 4])
         ph["CTA"].append(t[ws[-1], 5] - t[c, 15])
         ph["tail"].append(end - t[ws[-1], 5])
+    for (i, s), v in steps.items():
+        ph[f"item {i} step {s}"] = v
     return {k: [x / 1000 for x in v] for k, v in ph.items()}, (end - t0) / 1000
 
 
@@ -605,17 +621,21 @@ def trace_main(variant: str = "rotated+mc+pers+trace", calls: int = 5, warm: boo
             evs.append(start.elapsed_time(stop) * 1000)
             raw = trace.reshape(items, 32).cpu().long()
             t = (raw - raw[:grid, 15].min()) % (1 << 32)  # unwrap the 32-bit ns timer
-            ph, span = _trace_rows(t, raw[:, 6], grid)
-            raws.setdefault(name, []).append(np.concatenate([t[:, :18].numpy(), raw[:, [0, 6]].numpy()], axis=1))
+            ph, span = _trace_rows(t, raw[:, 6], grid, raw != 0)
+            raws.setdefault(name, []).append(np.concatenate([t[:, :30].numpy(), raw[:, [0, 6]].numpy()], axis=1))
             spans.append(span)
             for key, vals in ph.items():
                 phases.setdefault(key, []).extend(vals)
         print(f"TRACE {name} {variant}{' warm L2' * warm}: event {statistics.median(evs):.1f} us, span {statistics.median(spans):.1f} us",
               flush=True)
         for key, vals in phases.items():
-            if vals:
+            if vals and not key.startswith("item "):
                 print(f"  {key:16s} {statistics.median(vals):7.2f} [{min(vals):.2f}, {max(vals):.2f}]", flush=True)
-    if os.environ.get("OUT"):  # columns: stamps 0-17 (ns from the first CTA's entry), then SM id and KV tiles raw
+        for i in (0, 1):  # the per-step curve, medians (us)
+            curve = [f"{statistics.median(phases[k]):.2f}" for s in range(1, 13) if phases.get(k := f"item {i} step {s}")]
+            if curve:
+                print(f"  item {i} steps 1..: {' '.join(curve)}", flush=True)
+    if os.environ.get("OUT"):  # columns: stamps 0-29 (ns from the first CTA's entry), then SM id and KV tiles raw
         np.savez_compressed(os.path.join(os.environ["OUT"], f"trace-{variant.replace('+', '_')}{'-warm' * warm}.npz"),
                             **{n.replace(" ", "_"): np.stack(v) for n, v in raws.items()})
 

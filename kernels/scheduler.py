@@ -291,6 +291,13 @@ class QTileWork(DslCarried):
             base = self.sel(take, start, base)
         return self._box_index(j - base, origin, extent)
 
+    def tile_at(self, s: Num) -> list[Num]:
+        """Per-dim KV tile indices of visiting step ``s`` (partial tiles, then full ones): a
+        decode per call, for look-ahead work off the loading path (the dev L2 prefetch)."""
+        partial = s < self.num_partial_tiles
+        pt, ft = self.partial_tile(s), self.full_tile(s - self.num_partial_tiles)
+        return [self.sel(partial, a, b) for a, b in zip(pt, ft)]
+
     def kv_boxes(self) -> list[tuple[list[Num], list[Num]]]:
         """The visited tiles as ``(origin, extent)`` boxes in the visiting order: the ``2 * rank``
         partial parts, then the full sub-box.  Walking each box row-major with ``box_step`` gives

@@ -42,6 +42,7 @@ _SMEM_BUDGET_ALIASED = 227 * 1024 - 1024
 _EPILOGUE_BARRIER = 1  # both warpgroups (whole-tile epilogue)
 _WG_EPILOGUE_BARRIER = 4  # and 5: one per consumer warpgroup (split epilogue)
 _SCHED_BARRIER = 2  # and 3: one per consumer warpgroup, for taking turns issuing GEMMs
+_TRACE_STEPS = 12  # trace mode: an item's visiting steps 1..12 are stamped (slots 18..29)
 
 
 def _frag_a_view(acc: cute.Tensor) -> cute.Tensor:
@@ -102,6 +103,7 @@ class GNAFwdSm90:
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
         overlap_items: bool = True, early_stage_slices: bool | None = None, q_stages: int | None = None,
+        prefetch_kv: int = 0,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -188,6 +190,12 @@ class GNAFwdSm90:
         # item's first QK right after this item's last PV, so the epilogue runs while the tensor
         # cores work on the next item instead of leaving them idle.
         self.overlap_items = overlap_items and self.persistent > 0 and self.q_stages == 2
+        # prefetch_kv = L > 0 (dev only; 1D: DSL 4.8.1 emits invalid NVVM IR for the prefetch of 3D
+        # and dilated views): on a CTA's first work item, each K issue of visiting step s also
+        # TMA-prefetches into L2 the K and V tiles of step s + L.  Tests whether the first item's
+        # slower tiles (H100 trace: 1.64-1.70 us against 1.50-1.52 on the second item with the L2
+        # flushed, 1.57-1.62 warm) wait on HBM misses the 2-stage smem pipeline cannot cover.
+        self.prefetch_kv = prefetch_kv if self.rank == 1 and self.overlap else 0
 
     # ------------------------------------------------------------------ host side
     def _tile_coord(self, tile: list, head: Int32, group: list, batch: Int32) -> tuple:
@@ -417,7 +425,7 @@ class GNAFwdSm90:
             pending = _PendingLoad(work.kv_lo, work.group, head_kv, batch, work.shared)
             pending, _, k_state, v_state = self._load_kv_stream(
                 work, head_kv, batch, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_k, pipe_v,
-                pending, Int32(0), k_state, v_state,
+                pending, Int32(0), k_state, v_state, Int32(1),
             )
             self._load_pending_v(tma_atom_V, tVgV, tVsV, pipe_v, pending, v_state)
             v_state.advance()
@@ -445,7 +453,7 @@ class GNAFwdSm90:
             self._stamp_lane0(9)
             pending, has_pending, k_state, v_state = self._load_kv_stream(
                 work, head_kv, batch, tma_atom_K, tKgK, tKsK, tma_atom_V, tVgV, tVsV, pipe_k, pipe_v,
-                pending, has_pending, k_state, v_state,
+                pending, has_pending, k_state, v_state, Int32(w == works[0]),
             )
         self._load_pending_v(tma_atom_V, tVgV, tVsV, pipe_v, pending, v_state)
         v_state.advance()
@@ -455,19 +463,26 @@ class GNAFwdSm90:
     def _load_kv_stream(
         self, work: QTileWork, head_kv: Int32, batch: Int32, tma_atom_K: cute.CopyAtom, tKgK: cute.Tensor,
         tKsK: cute.Tensor, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor, pipe_k: Any,
-        pipe_v: Any, pending: _PendingLoad, has_pending: Int32, k_state: Any, v_state: Any,
+        pipe_v: Any, pending: _PendingLoad, has_pending: Int32, k_state: Any, v_state: Any, first_item: Int32,
     ) -> tuple:
         """One item's K/V loads with K one tile ahead of V: each tile's K, then the ``pending``
         V (the previous tile's, possibly of an earlier item).  The overlapped consumer needs K(j)
         before V(j-1); issued together, V's stage releases (one tile later than K's) would
         throttle the K prefetch.  Returns the V still owed (this item's last), whether there is
-        one, and the K/V pipeline positions."""
+        one, and the K/V pipeline positions.  ``first_item``: the CTA's first work item (the dev
+        ``prefetch_kv`` look-ahead runs on it only)."""
+        step = Int32(0)
         for origin, extent in work.kv_boxes():  # 2 * rank + 1 boxes, unrolled
             cur = TileCursor(origin)
             for _ in cutlass.range(math.prod(extent), unroll=1):
                 self._load_kv(tma_atom_K, tKgK, tKsK, pipe_k, 0, work.group, head_kv, batch, cur.idx, k_state,
                               work.shared)
                 k_state.advance()
+                if const_expr(self.prefetch_kv > 0):
+                    if first_item > 0:
+                        self._prefetch_kv(work, step + self.prefetch_kv, head_kv, batch, tma_atom_K, tKgK,
+                                          tma_atom_V, tVgV)
+                    step = step + 1
                 if const_expr(self.trace):
                     if has_pending == 0:
                         self._stamp_lane0(10)
@@ -478,6 +493,22 @@ class GNAFwdSm90:
                 has_pending = Int32(1)
                 cur = TileCursor(work.box_step(cur.idx, origin, extent))
         return pending, has_pending, k_state, v_state
+
+    @cute.jit
+    def _prefetch_kv(
+        self, work: QTileWork, s: Int32, head_kv: Int32, batch: Int32, tma_atom_K: cute.CopyAtom,
+        tKgK: cute.Tensor, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor,
+    ) -> None:
+        """Dev ``prefetch_kv``: TMA-prefetch the K and V tiles of visiting step ``s`` into L2 (none
+        past the item's last tile; in a cluster CTA 0 prefetches for both)."""
+        if s < work.num_kv_tiles:
+            coord = self._tile_coord(work.tile_at(s), head_kv, work.group, batch)[1]
+            issue = True
+            if const_expr(self.cluster > 1):
+                issue = cute.arch.block_idx_in_cluster() == 0
+            if issue:
+                cute.prefetch(tma_atom_K, tKgK[None, coord])
+                cute.prefetch(tma_atom_V, tVgV[None, coord])
 
     def _load_pending_v(
         self, tma_atom_V: cute.CopyAtom, tVgV: cute.Tensor, tVsV: cute.Tensor, pipe_v: Any, pending: _PendingLoad,
@@ -869,10 +900,21 @@ class GNAFwdSm90:
         num_partial = work.num_partial_tiles
         for j in cutlass.range(1, num_partial, unroll=1):
             state = self._rotated_step(wg, work.partial_tile, j, True, *step, state)
+            self._stamp_step(j)
         # The full tiles; the first one was peeled when there is no partial tile.
         for f in cutlass.range(1 - cutlass.min(num_partial, 1), work.num_full_tiles, unroll=1):
             state = self._rotated_step(wg, work.full_tile, f, False, *step, state)
+            self._stamp_step(num_partial + f)
         return state
+
+    @cute.jit
+    def _stamp_step(self, s: Int32) -> None:
+        """Trace mode: visiting step ``s`` (1..12) of the item done (its softmax, the previous PV),
+        by the first consumer thread: slots 18..29, the per-tile time curve of an item."""
+        if const_expr(self.trace):
+            if cute.arch.thread_idx()[0] == 128:
+                if s <= _TRACE_STEPS:
+                    self._stamp(17 + s, cute.arch.globaltimer_lo())
 
     @cute.jit
     def _consume_items(

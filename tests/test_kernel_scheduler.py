@@ -6,7 +6,7 @@ through -- per visited KV tile, filtered by the same per-row windows the kernel'
 uses -- must equal the brute-force mask exactly; a tile it calls *full* must need no mask at all.
 The tiles are visited as the sm90 kernel does: the partial ones (masked loop), then the full ones
 (unmasked loop), each exactly once, and the producers' order (the box walk of ``kv_boxes`` /
-``box_step``) must be that same order.
+``box_step``) and the per-step decode ``tile_at`` must be that same order.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def _covered_pairs(shape, ks, st, dl, ca, q_tile, kv_tile) -> tuple[np.ndarray, 
         box = sorted(itertools.product(*(range(lo, lo + e) for lo, e in zip(work.kv_lo, work.kv_extent))))
         assert sorted(tuple(kv) for kv, _ in order) == box, "each tile of the box exactly once"
         assert _walk_boxes(work) == [kv for kv, _ in order]
+        assert [work.tile_at(s) for s in range(work.num_kv_tiles)] == [kv for kv, _ in order]
         assert all(_is_full(geom, work, kv) == full for kv, full in order)
         for kv, full in order:
             for qf in range(int(np.prod(q_tile))):

@@ -1,6 +1,7 @@
 """CPU, in CI: the sm90 kernel's dev-only options still compile for sm_90a, and do what they say.
 
-The persistent ``trace`` variant must compile and read the global timer, the plain kernel must not.
+The persistent ``trace`` variant must compile and read the global timer, the plain kernel must not;
+the L2 prefetch (``pf2``) must add prefetches and leave the loads alone.
 The config fields ``q_buffers`` / ``early_stage_slices`` must build the same loop as the dev options.
 The ``early`` variant must shorten the unmasked mainloop and its turn window, and with one Q buffer
 (``q1``) drop every 32-bit descriptor step.  A fresh process with SASS dumps on compiles the
@@ -10,6 +11,7 @@ The ``early`` variant must shorten the unmasked mainloop and its turn window, an
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -41,7 +43,8 @@ out["fields:q1+early"] = sass_of(VariantKey.of(fields, "rotated+mc+pers"))
 print("REPORT" + json.dumps({"cluster_dim": cfg.cluster_dim, "sass": out}))
 """
 
-_VARIANTS = ("rotated+mc+pers", "rotated+mc+pers+trace", "rotated+mc+pers+early", "rotated+mc+pers+q1+early")
+_VARIANTS = ("rotated+mc+pers", "rotated+mc+pers+trace", "rotated+mc+pers+early", "rotated+mc+pers+q1+early",
+             "rotated+mc+pers+pf2+trace")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,23 @@ def test_persistent_trace_compiles_with_timer_reads(report: dict) -> None:
     sass = report["sass"]["rotated+mc+pers+trace"]
     assert "HGMMA" in sass and "GLOBALTIMER" in sass
     assert "GLOBALTIMER" not in report["sass"]["rotated+mc+pers"]
+
+
+def _count(sass: str, prefix: str) -> int:
+    return sum(opcode(x).startswith(prefix) for x in _instructions(sass))
+
+
+def _instructions(sass: str) -> list[str]:
+    return [m.group(1).strip() for m in re.finditer(r"/\*[0-9a-f]+\*/\s+([^;]*);", sass)]
+
+
+def test_l2_prefetch_only_where_asked(report: dict) -> None:
+    # prefetch_kv: the producer's K issue also prefetches (UTMAPF) a later step's K and V tiles
+    # (both 64-wide boxes at D 128), in each of the 2 * rank + 1 box loops; the loads are unchanged.
+    pf, plain = report["sass"]["rotated+mc+pers+pf2+trace"], report["sass"]["rotated+mc+pers"]
+    assert _count(plain, "UTMAPF") == 0
+    assert _count(pf, "UTMAPF") == 3 * 2 * 2
+    assert _count(pf, "UTMALDG") == _count(plain, "UTMALDG")
 
 
 def _unmasked_loop(sass: str) -> list[str]:
