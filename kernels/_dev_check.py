@@ -125,6 +125,10 @@ VARIANTS = {
     "rotated+mc+pers+pf4": dict(mainloop="rotated", persistent_ctas=132, prefetch_kv=4),
     "rotated+mc+pers+pf2+trace": dict(mainloop="rotated", persistent_ctas=132, prefetch_kv=2, trace=True),
     "rotated+mc+pers4+pf2": dict(mainloop="rotated", persistent_ctas=4, prefetch_kv=2),
+    # every fourth exponential of the softmax on the FMA pipe (``GNAFwdSm90(exp2_emulation=4)``;
+    # the product would take it at head dims <= 64 only, the checks run it on every case)
+    "rotated+mc+em4": dict(mainloop="rotated", exp2_emulation=4),
+    "rotated+mc+pers+em4": dict(mainloop="rotated", persistent_ctas=132, exp2_emulation=4),
 }
 
 

@@ -76,6 +76,10 @@ class FwdConfig:
     # sm90: the unmasked rotated step slices its K/V stage operands before the K wait (ptxas then
     # steps K's descriptors with 64-bit adds: a shorter loop); ``tile_choice.choose_early_stage_slices``.
     early_stage_slices: bool = False
+    # sm90: every n-th exponential of the softmax on the FMA pipe instead of MUFU (0: none), where
+    # the MUFU unit, not the tensor cores, bounds a tile (head dim <= 64; ``softmax.exp2_poly``,
+    # ``tile_choice.choose_exp2_emulation``).
+    exp2_emulation: int = 0
 
     @property
     def rank(self) -> int:

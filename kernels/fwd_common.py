@@ -40,6 +40,8 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
         raise ValueError(f"q_buffers={cfg.q_buffers}: 0 (the kernel's choice), 1 or 2; an sm90 option")
     if cfg.early_stage_slices and arch != 90:
         raise ValueError("early_stage_slices=True: an sm90 option")
+    if cfg.exp2_emulation < 0 or cfg.exp2_emulation == 1 or (cfg.exp2_emulation and arch != 90):
+        raise ValueError(f"exp2_emulation={cfg.exp2_emulation}: 0 (none) or n >= 2 (every n-th exp2); an sm90 option")
     if cfg.cluster_tail and cfg.cluster_dim < 0:
         raise ValueError("cluster_tail=True: needs a cluster_dim >= 0 (tail tiles of a paired dim)")
     if cfg.persistent_ctas and (arch != 90 or cfg.persistent_ctas < 0 or cfg.persistent_ctas % 2):

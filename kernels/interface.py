@@ -272,6 +272,7 @@ def _config_of(
         tile_order=tile_choice.choose_tile_order(arch, p, q_tile_shape, kv_tile_shape),
         q_buffers=tile_choice.choose_q_buffers(arch, p, q_tile_shape, kv_tile_shape, persistent),
         early_stage_slices=tile_choice.choose_early_stage_slices(arch, mainloop),
+        exp2_emulation=tile_choice.choose_exp2_emulation(arch, head_dim),
     )
 
 

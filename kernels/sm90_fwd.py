@@ -103,7 +103,7 @@ class GNAFwdSm90:
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
         overlap_items: bool = True, early_stage_slices: bool | None = None, q_stages: int | None = None,
-        prefetch_kv: int = 0,
+        prefetch_kv: int = 0, exp2_emulation: int | None = None,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -139,6 +139,9 @@ class GNAFwdSm90:
         # but ptxas then steps K's descriptors with 64-bit adds: a shorter loop and turn window
         # (docs/sm90-kernel.md, "Measured level: stage slices before the K wait").
         self.early_stage_slices = cfg.early_stage_slices if early_stage_slices is None else early_stage_slices
+        # exp2_emulation (cfg's, or this override): every n-th exponential on the FMA pipe
+        # (softmax.exp2_poly) where MUFU bounds the tile (head dim <= 64).
+        self.exp2_emulation = cfg.exp2_emulation if exp2_emulation is None else exp2_emulation
         self.geom = TileGeometry.from_config(cfg)
         self.rank = cfg.rank
         self.dtype = fwd_common.DTYPES[cfg.dtype]
@@ -591,7 +594,7 @@ class GNAFwdSm90:
         num_rows = cute.size(coords, mode=[0])
         row_coords = [coords[r, 0][0] for r in range(num_rows)]
         col_coords = [coords[0, c][1] for c in range(cute.size(coords, mode=[1]))]
-        softmax = OnlineSoftmax(num_rows, scale_log2)
+        softmax = OnlineSoftmax(num_rows, scale_log2, self.exp2_emulation)
         row_scale = cute.make_rmem_tensor(num_rows, Float32)
 
         q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.q_stages)

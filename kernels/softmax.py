@@ -8,6 +8,15 @@ by the same factor), the row sum only once at the end.  Scores stay unscaled unt
 Rows that have seen no visible key yet have max ``-inf``; they use 0 as the subtrahend so that
 ``exp2(-inf - 0) = 0`` instead of NaN, and keep a zero sum.  Padded query rows past the axis are
 never stored, but must not produce NaN that could leak through a shared reduction.
+
+``exp2_emulation = n > 0`` computes every n-th exponential of a row (a fixed set of columns) with
+a polynomial on the FMA pipe instead of the MUFU unit (:func:`exp2_poly`).  Why: an H100 SM
+retires 16 MUFU exponentials per clock; a 128x128 tile needs 16384 of them (1024 clocks), as long
+as its two GEMMs take at head dim 64 (2 x 128x128x64 MACs at 2048 per clock) and twice theirs at
+head dim 32, so there the softmax may set the pace.  The price: 8 FMA-pipe instructions (FMNMX,
+3 FADD, 3 FFMA, FMUL) and an LEA for each MUFU op saved; with one in four, the 2D D=64 unmasked
+loop issues 570 instead of 441 instructions per tile.  Which of the MUFU unit and the issue slots
+binds is for a GPU to say: off in the product until measured.
 """
 
 from __future__ import annotations
@@ -16,11 +25,37 @@ import math
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32
+from cutlass import Float32, Uint32, const_expr
 
 from gna_cute.kernels.dsl_values import DslCarried
 
 LN2 = math.log(2.0)
+#: 2^f ~ c0 + c1 f + c2 f^2 + c3 f^3 on [-1/2, 1/2]: the minimax fit of the relative error (Remez
+#: exchange; largest relative error 7.5e-5, below fp16's half ulp of 4.9e-4; tests/test_softmax_poly.py).
+EXP2_POLY = (0.99992807, 0.69326099, 0.24261112, 0.05517167)
+#: 1.5 * 2^23: ``x + magic`` rounds ``x`` to the nearest integer j and leaves 0x400000 + j in the
+#: low mantissa bits, so the exponent of 2^j is an integer add and shift away (no conversion op).
+ROUND_MAGIC = 12582912.0
+#: Inputs are clamped here first: 2^j with j = -127 is built as +0.0, so exp2_poly(-inf) is exactly 0.
+EXP2_POLY_MIN = -127.0
+
+
+@cute.jit
+def exp2_poly(x: Float32) -> Float32:
+    """``2^x`` for ``x <= 0`` (``-inf`` included) without MUFU: ``x = j + f`` with j an integer and
+    ``|f| <= 1/2``, ``2^f`` by the cubic :data:`EXP2_POLY` (three FMAs), ``2^j`` assembled in the
+    exponent bits, one multiply."""
+    x = cute.arch.fmax(x, Float32(EXP2_POLY_MIN))
+    t = x + Float32(ROUND_MAGIC)
+    f = x - (t - Float32(ROUND_MAGIC))
+    c0, c1, c2, c3 = EXP2_POLY
+    p = Float32(c3) * f + Float32(c2)
+    p = p * f + Float32(c1)
+    p = p * f + Float32(c0)
+    # t's bits are 0x4B400000 + j (|j| < 2^22), so (bits + 127) mod 512 = j + 127 for -127 <= j <= 0:
+    # the exponent field of 2^j (j = -127 gives +0.0)
+    scale = ((t.bitcast(Uint32) + Uint32(127)) & Uint32(0x1FF)) << Uint32(23)
+    return p * scale.bitcast(Float32)
 
 
 def acc_rows_view(acc: cute.Tensor) -> cute.Tensor:
@@ -40,9 +75,10 @@ def acc_rows_view(acc: cute.Tensor) -> cute.Tensor:
 class OnlineSoftmax(DslCarried):
     """Running row max / row sum of one thread's rows, and the O rescale they imply."""
 
-    def __init__(self, num_rows: int, scale_log2: Float32) -> None:
+    def __init__(self, num_rows: int, scale_log2: Float32, exp2_emulation: int = 0) -> None:
         self.num_rows = num_rows
         self.scale_log2 = scale_log2
+        self.exp2_emulation = exp2_emulation  # static: every n-th column by exp2_poly (0: none)
         self.row_max = cute.make_rmem_tensor(num_rows, Float32)
         self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
 
@@ -72,8 +108,13 @@ class OnlineSoftmax(DslCarried):
             scale = cute.math.exp2(prev_max * self.scale_log2 - max_scaled, fastmath=True)
             row_scale[r] = scale
             sums = [self.row_sum[r] * scale, Float32(0.0)]
+            n = self.exp2_emulation
             for c in cutlass.range_constexpr(ncol):
-                p = cute.math.exp2(s_rows[r, c] * self.scale_log2 - max_scaled, fastmath=True)
+                arg = s_rows[r, c] * self.scale_log2 - max_scaled
+                if const_expr(n > 0 and c % n == n - 1):
+                    p = exp2_poly(arg)
+                else:
+                    p = cute.math.exp2(arg, fastmath=True)
                 s_rows[r, c] = p
                 sums[c % 2] = sums[c % 2] + p
             self.row_sum[r] = sums[0] + sums[1]

@@ -281,6 +281,22 @@ def choose_early_stage_slices(arch: int, mainloop: str) -> bool:
     return arch == 90 and mainloop != "serial" and PRODUCT_EARLY_STAGE_SLICES
 
 
+#: Whether the product computes part of the softmax's exponentials on the FMA pipe at head dims
+#: <= 64 (``FwdConfig.exp2_emulation``); off until a GPU measures it.
+PRODUCT_EXP2_EMULATION = False
+#: One exponential in this many goes to the FMA pipe: the MUFU unit's 1024 clocks per 128x128 tile
+#: (16 per clock) drop to 768 while the FMA pipe's ~540 grow to ~800 (8 instructions each), and
+#: the issued instructions per tile by ~30 % (softmax.py).
+EXP2_EMULATION_EVERY = 4
+
+
+def choose_exp2_emulation(arch: int, head_dim: int) -> int:
+    """``FwdConfig.exp2_emulation``: ``EXP2_EMULATION_EVERY`` at head dims <= 64 on sm90, where a
+    tile's exponentials take the MUFU unit as long as (D 64) or longer than (D 32) its GEMMs take
+    the tensor cores (``PRODUCT_EXP2_EMULATION`` on), else 0."""
+    return EXP2_EMULATION_EVERY if arch == 90 and head_dim <= 64 and PRODUCT_EXP2_EMULATION else 0
+
+
 @lru_cache(maxsize=64)
 def _tile_counts(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...]) -> Any:
     """The simulator's visited / full KV tiles per Q tile (the counts the kernels' debug counters

@@ -65,6 +65,8 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
     persistent_cases = list(largest.values())[:10]
     # tail clusters (sm90, ``FwdConfig.cluster_tail``), forced on whatever the product's flag says
     tail_cases = ks.tail_cluster_cases() if arch == 90 else []
+    # the softmax's FMA-pipe exponentials (sm90, ``FwdConfig.exp2_emulation``), forced on likewise
+    exp2_cases = ks.exp2_emulation_cases() if arch == 90 else []
     kernel = {
         "can_run": getattr(interface, f"can_run_{name}"),
         "forward": getattr(interface, f"forward_{name}"),
@@ -157,6 +159,28 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         assert errors.ok(), errors
         expected = sim.tile_counts(args.params, counted.q_tile_shape, counted.kv_tile_shape)
         np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
+
+    @pytest.fixture
+    def exp2_emulation_on(monkeypatch: pytest.MonkeyPatch):
+        """The host layer with the FMA-pipe exponentials on (its config cache cleared on both sides)."""
+        from gna_cute.kernels import tile_choice
+
+        monkeypatch.setattr(tile_choice, "PRODUCT_EXP2_EMULATION", True)
+        interface._config_of.cache_clear()
+        yield
+        interface._config_of.cache_clear()
+
+    @pytest.mark.parametrize("case", exp2_cases, ids=[c.id for c in exp2_cases])
+    def test_exp2_emulation(case: ks.Case, exp2_emulation_on: None) -> None:
+        """Output and LSE with every fourth exponential computed by the polynomial
+        (``softmax.exp2_poly``): masked and block-sparse tiles, D 32 / 64, fp16 / bf16."""
+        args = case.args()
+        cfg = interface.make_config(args, arch)
+        assert cfg.exp2_emulation > 0, cfg
+        interface.warm([cfg])
+        out, lse = kernel["forward"](args)
+        errors = ks.measure(case, args, out, lse, full_reference=math.prod(case.spatial) <= ks.MAX_SMALL_TOKENS)
+        assert errors.ok(), errors
 
     @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
     def test_auto_picks_the_kernel(case: ks.Case, compile_errors: dict) -> None:

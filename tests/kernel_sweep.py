@@ -273,6 +273,21 @@ def tail_cluster_cases() -> list[Case]:
     ]
 
 
+def exp2_emulation_cases() -> list[Case]:
+    """Problems for the softmax's FMA-pipe exponentials (sm90 ``FwdConfig.exp2_emulation``, head
+    dims <= 64): masked tiles (their -inf scores must give exactly 0) and block-sparse ones, fp16
+    and bf16, D 32 and 64, 1D persistent and 2D/3D one CTA per item, GQA."""
+    f16, bf16 = torch.float16, torch.bfloat16
+    return [
+        Case(Static(f16, 64, (13, 13), (1, 1), (1, 1), (False, False)), (40, 36), 2, 4, 2, seed=400, label="exp2"),
+        Case(Static(bf16, 32, (96,), (1,), (2,), (True,)), (700,), 1, 2, 1, seed=401, label="exp2"),
+        Case(Static(f16, 32, (32, 32), (16, 16), (1, 1), (False, False)), (64, 64), 1, 2, 2, seed=402, label="exp2"),
+        Case(Static(bf16, 64, (5, 7, 9), (1, 1, 1), (1, 1, 1), (False, True, False)), (9, 14, 20), 1, 3, 1,
+             seed=403, label="exp2"),
+        Case(Static(f16, 64, (2048,), (1,), (1,), (False,)), (8192,), 1, 1, 1, seed=404, label="exp2"),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Independent fp64 truth and the same-precision baseline, on selected query rows
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from compile_check import child_env, run_child, sass_text
+from compile_check import child_env, opcode, run_child, sass_loops, sass_text
 from gna_cute.kernels import config
 from gna_cute.kernels.config import FwdConfig
 
@@ -47,8 +47,10 @@ CONFIGS = [
     dataclasses.replace(_cfg("float16", 128, (18, 24, 24), (16, 8, 8), (1, 1, 1), (False, False, False)),
                         persistent_ctas=132, mainloop="rotated", tile_order=(1, 2, 0), cluster_dim=0,
                         cluster_tail=True),
+    # the second entry with every fourth exponential on the FMA pipe (head dim 64)
+    dataclasses.replace(_cfg("bfloat16", 64, (8, 9), (2, 3), (1, 2), (False, False)), exp2_emulation=4),
 ]
-IDS = [f"{c.rank}d{f'-clusters{c.cluster_size}' * (c.cluster_dim >= 0)}{'-tail' * c.cluster_tail}{'-persistent' * (c.persistent_ctas > 0)}{'-order' * bool(c.tile_order)}"
+IDS = [f"{c.rank}d{f'-clusters{c.cluster_size}' * (c.cluster_dim >= 0)}{'-tail' * c.cluster_tail}{'-persistent' * (c.persistent_ctas > 0)}{'-order' * bool(c.tile_order)}{'-exp2poly' * bool(c.exp2_emulation)}"
        for c in CONFIGS]
 
 
@@ -85,6 +87,29 @@ def test_wgmma_not_serialized(compiled, index: int) -> None:
     assert mmas and waits <= mmas // 4, f"{waits} WGMMA waits for {mmas} HGMMAs: serialized ({CONFIGS[index]})"
 
 
+def test_exp2_emulation_moves_a_quarter_of_the_exponentials_off_mufu(compiled) -> None:
+    """``exp2_emulation=4``: in every softmax loop (masked and unmasked) 16 of a thread's 64
+    exponentials per tile (per tile of the loop body) leave MUFU for ``softmax.exp2_poly`` (3 FFMA each for the cubic, an LEA
+    builds 2^j), and nothing spills."""
+    report, _ = compiled
+    plain, poly = (sass_text(report["sass"][i]) for i in (1, len(CONFIGS) - 1))
+    assert CONFIGS[-1] == dataclasses.replace(CONFIGS[1], exp2_emulation=4)
+
+    def softmax_loops(sass: str) -> list[list[str]]:
+        return [body for body in sass_loops(sass)
+                if sum(opcode(x).startswith("HGMMA") for x in body) >= 8 and "MUFU.EX2" in " ".join(body)]
+
+    pairs = list(zip(softmax_loops(plain), softmax_loops(poly)))
+    assert pairs and len(softmax_loops(plain)) == len(softmax_loops(poly))
+    for a, b in pairs:
+        count = lambda body, op: sum(opcode(x) == op for x in body)  # noqa: E731
+        moved = count(a, "MUFU.EX2") - count(b, "MUFU.EX2")  # 16 per tile the loop body holds
+        assert moved > 0 and moved % 16 == 0 and moved * 4 <= count(a, "MUFU.EX2")
+        assert count(b, "FFMA") - count(a, "FFMA") == 3 * moved
+        assert count(b, "LEA") >= moved
+    assert "STL" not in poly
+
+
 def test_new_process_loads_from_disk(compiled) -> None:
     """Same sources, same DSL, same cache directory: a fresh process compiles nothing."""
     first, env = compiled
@@ -114,7 +139,15 @@ def test_cluster_tail_needs_a_cluster_dim() -> None:
     from gna_cute.kernels.sm90_fwd import GNAFwdSm90
 
     with pytest.raises(ValueError, match="cluster_tail=True"):
-        GNAFwdSm90(dataclasses.replace(CONFIGS[-1], cluster_dim=-1))
+        GNAFwdSm90(dataclasses.replace(next(c for c in CONFIGS if c.cluster_tail), cluster_dim=-1))
+
+
+@pytest.mark.parametrize("n", [1, -4])
+def test_bad_exp2_emulation_is_refused_naming_it(n: int) -> None:
+    from gna_cute.kernels.sm90_fwd import GNAFwdSm90
+
+    with pytest.raises(ValueError, match=f"exp2_emulation={n}"):
+        GNAFwdSm90(dataclasses.replace(CONFIGS[1], exp2_emulation=n))
 
 
 def test_split_epilogue_needs_an_even_first_dim() -> None:

@@ -346,9 +346,20 @@ def test_one_q_buffer_and_early_slices_follow_the_product_flags(monkeypatch: pyt
         tile_choice.choose_q_buffers.cache_clear()
 
 
+def test_exp2_emulation_follows_the_product_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off by default; on, only where MUFU bounds a tile (sm90, head dim <= 64)."""
+    assert all(tile_choice.choose_exp2_emulation(90, d) == 0 for d in (32, 64, 128))
+    monkeypatch.setattr(tile_choice, "PRODUCT_EXP2_EMULATION", True)
+    every = tile_choice.EXP2_EMULATION_EVERY
+    assert every >= 2
+    assert [tile_choice.choose_exp2_emulation(90, d) for d in (32, 64, 128)] == [every, every, 0]
+    assert tile_choice.choose_exp2_emulation(100, 64) == 0
+
+
 @pytest.mark.parametrize("changes, words", [(dict(q_buffers=3), ["q_buffers=3"]),
                                             (dict(arch=100, q_buffers=1), ["q_buffers=1", "sm90"]),
-                                            (dict(arch=100, early_stage_slices=True), ["early_stage_slices", "sm90"])])
+                                            (dict(arch=100, early_stage_slices=True), ["early_stage_slices", "sm90"]),
+                                            (dict(arch=100, exp2_emulation=4), ["exp2_emulation=4", "sm90"])])
 def test_sm90_loop_options_are_checked(changes: dict, words: list[str]) -> None:
     pytest.importorskip("cutlass")
     from gna_cute.kernels import fwd_common
