@@ -285,9 +285,10 @@ def choose_early_stage_slices(arch: int, mainloop: str) -> bool:
 #: <= 64 (``FwdConfig.exp2_emulation``); off until a GPU measures it.
 PRODUCT_EXP2_EMULATION = False
 #: One exponential in this many goes to the FMA pipe: the MUFU unit's 1024 clocks per 128x128 tile
-#: (16 per clock) drop to 768 while the FMA pipe's ~540 grow to ~800 (8 instructions each), and
-#: the issued instructions per tile by ~30 % (softmax.py).
-EXP2_EMULATION_EVERY = 4
+#: (16 per clock) drop to 896, while each SM sub-partition's two consumer warps issue ~1010 instead
+#: of 882 instructions per tile at D 64 (8 FMA-pipe instructions and an LEA each; softmax.py).  One
+#: in four would leave issue (1140) the bound.  A paper estimate until measured.
+EXP2_EMULATION_EVERY = 8
 
 
 def choose_exp2_emulation(arch: int, head_dim: int) -> int:

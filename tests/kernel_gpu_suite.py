@@ -172,7 +172,7 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
 
     @pytest.mark.parametrize("case", exp2_cases, ids=[c.id for c in exp2_cases])
     def test_exp2_emulation(case: ks.Case, exp2_emulation_on: None) -> None:
-        """Output and LSE with every fourth exponential computed by the polynomial
+        """Output and LSE with every n-th exponential (the product's n) computed by the polynomial
         (``softmax.exp2_poly``): masked and block-sparse tiles, D 32 / 64, fp16 / bf16."""
         args = case.args()
         cfg = interface.make_config(args, arch)
