@@ -132,15 +132,19 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         expected = sim.tile_counts(args.params, cfg.q_tile_shape, cfg.kv_tile_shape)
         np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
 
-    @pytest.fixture
-    def tails_on(monkeypatch: pytest.MonkeyPatch):
-        """The host layer with tail clusters allowed (its config cache cleared on both sides)."""
+    def product_flag_on(monkeypatch: pytest.MonkeyPatch, flag: str):
+        """The host layer with ``tile_choice.<flag>`` on (its config cache cleared on both sides)."""
         from gna_cute.kernels import tile_choice
 
-        monkeypatch.setattr(tile_choice, "PRODUCT_CLUSTER_TAIL", True)
+        monkeypatch.setattr(tile_choice, flag, True)
         interface._config_of.cache_clear()
         yield
         interface._config_of.cache_clear()
+
+    @pytest.fixture
+    def tails_on(monkeypatch: pytest.MonkeyPatch):
+        """Tail clusters allowed."""
+        yield from product_flag_on(monkeypatch, "PRODUCT_CLUSTER_TAIL")
 
     @pytest.mark.parametrize("sm_count", [132, 6])
     @pytest.mark.parametrize("case", tail_cases, ids=[c.id for c in tail_cases])
@@ -162,13 +166,8 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
 
     @pytest.fixture
     def exp2_emulation_on(monkeypatch: pytest.MonkeyPatch):
-        """The host layer with the FMA-pipe exponentials on (its config cache cleared on both sides)."""
-        from gna_cute.kernels import tile_choice
-
-        monkeypatch.setattr(tile_choice, "PRODUCT_EXP2_EMULATION", True)
-        interface._config_of.cache_clear()
-        yield
-        interface._config_of.cache_clear()
+        """The FMA-pipe exponentials on."""
+        yield from product_flag_on(monkeypatch, "PRODUCT_EXP2_EMULATION")
 
     @pytest.mark.parametrize("case", exp2_cases, ids=[c.id for c in exp2_cases])
     def test_exp2_emulation(case: ks.Case, exp2_emulation_on: None) -> None:
@@ -239,6 +238,8 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         "test_persistent_ctas_many_items": test_persistent_ctas_many_items,
         "tails_on": tails_on,
         "test_tail_clusters": test_tail_clusters,
+        "exp2_emulation_on": exp2_emulation_on,
+        "test_exp2_emulation": test_exp2_emulation,
         "test_cuda_graph_capture_and_replay": test_cuda_graph_capture_and_replay,
         "test_torch_compile_fullgraph": test_torch_compile_fullgraph,
     }
