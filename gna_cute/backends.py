@@ -46,6 +46,20 @@ class AttentionArgs:
 
 
 Launch = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+Run = Callable[[AttentionArgs], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A backend's launch of one checked call, and (``run``, or None) the same launch for any call
+    whose checks read the same values.  ``run`` holds no tensors: ``gna_cute.call_cache`` keeps it
+    for the eager calls that repeat a signature."""
+
+    launch: Launch
+    run: Run | None = None
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.launch()
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,7 @@ class Backend:
         if self.prepare is not None:
             return self.prepare(args)
         reason = self.can_run(args)
-        return reason if reason is not None else functools.partial(self.forward, args)
+        return reason if reason is not None else Prepared(functools.partial(self.forward, args), self.forward)
 
 
 _INTERFACE = "gna_cute.kernels.interface"
@@ -107,9 +121,14 @@ def _kernel_backend(arch: str) -> Backend:
         if fn is None:
             return reason
         plan = fn(args)
-        return plan if isinstance(plan, str) else plan.run
+        return plan if isinstance(plan, str) else Prepared(plan.run, functools.partial(_run_plan, plan.for_args(None)))
 
     return Backend(arch, can_run, forward, available, prepare)
+
+
+def _run_plan(template, args: AttentionArgs) -> tuple[torch.Tensor, torch.Tensor]:
+    """A kernel plan (its tiles) run on ``args``, a call of the signature it was made for."""
+    return template.for_args(args).run()
 
 
 def _reference_forward(args: AttentionArgs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -129,6 +129,12 @@ class Plan:
         out, lse, _ = _launch(self, count_tiles=False)
         return out, lse
 
+    def for_args(self, args: Any) -> "Plan":
+        """This plan for another call whose checks read the same values (``gna_cute.call_cache``:
+        shapes, strides, dtypes, devices, alignment, parameters); ``None`` gives a plan holding no
+        tensors."""
+        return Plan(args, self.arch, self.q_tile_shape, self.kv_tile_shape)
+
 
 def problem_plan(args: Any, arch: int) -> Plan | str:
     """The plan of ``args`` on ``arch``, or why the kernel cannot run it, looking at the problem

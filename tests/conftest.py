@@ -63,3 +63,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, skip, reason in rules:
             if skip and item.get_closest_marker(marker) is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def _empty_call_cache():
+    """Every test starts with no remembered call signatures (``gna_cute.call_cache``): several tests
+    patch the backends' internals, which an entry from an earlier test would bypass."""
+    from gna_cute import call_cache
+
+    call_cache.clear()
+    yield

@@ -136,6 +136,6 @@ def test_first_fault_in_check_order_is_reported_before_dispatch(overrides, exc, 
     def no_dispatch(*args, **kwargs):
         raise AssertionError("bad input reached the backend chain")
 
-    monkeypatch.setattr(gna_cute.api, "run", no_dispatch)
+    monkeypatch.setattr(gna_cute.api, "choose", no_dispatch)
     with pytest.raises(exc, match=pattern):
         call(**overrides)
