@@ -55,7 +55,7 @@ def signature(
             _typed(backend), _typed(q_tile_shape), _typed(kv_tile_shape),
         )  # fmt: skip
         hash(key)
-    except TypeError:
+    except (TypeError, RuntimeError):  # an unhashable argument, a tensor without a data pointer
         return None
     return key
 
