@@ -194,6 +194,31 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         )  # fmt: skip
 
     @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
+    def test_repeated_signature_runs_on_its_own_tensors(case: ks.Case, compile_errors: dict) -> None:
+        """``gna_cute.attention`` twice with one signature (the second call skips the checks and
+        the choice, ``call_cache``): each call's output is the kernel's on that call's tensors."""
+        from gna_cute import api, call_cache
+
+        args = prepare(case, compile_errors)
+        fresh = dataclasses.replace(case, seed=case.seed + 1).args()
+        p = args.params
+
+        def call(a):
+            return api.attention(a.q, a.k, a.v, p.kernel_size, p.stride, p.dilation, p.is_causal, a.scale,
+                                 return_lse=True, backend=name, q_tile_shape=a.q_tile_shape,
+                                 kv_tile_shape=a.kv_tile_shape)  # fmt: skip
+
+        call_cache.clear()
+        call(args)
+        assert len(call_cache._ENTRIES) == 1
+        for a in (fresh, args):
+            out, lse = call(a)
+            want_out, want_lse = kernel["forward"](a)
+            torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+            torch.testing.assert_close(lse, want_lse, rtol=0, atol=0)
+        assert len(call_cache._ENTRIES) == 1
+
+    @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
     def test_cuda_graph_capture_and_replay(case: ks.Case, compile_errors: dict) -> None:
         args = prepare(case, compile_errors)
         op(args)  # compile / load outside the capture
@@ -240,6 +265,7 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         "test_tail_clusters": test_tail_clusters,
         "exp2_emulation_on": exp2_emulation_on,
         "test_exp2_emulation": test_exp2_emulation,
+        "test_repeated_signature_runs_on_its_own_tensors": test_repeated_signature_runs_on_its_own_tensors,
         "test_cuda_graph_capture_and_replay": test_cuda_graph_capture_and_replay,
         "test_torch_compile_fullgraph": test_torch_compile_fullgraph,
     }
