@@ -208,6 +208,8 @@ def launch_info(q, k, v, problem: Problem, scale: float, arch: int, q_tile=None,
         parts.append("one Q buffer")
     if cfg.early_stage_slices:
         parts.append("early stage slices")
+    if cfg.exp2_emulation:
+        parts.append(f"1 in {cfg.exp2_emulation} exp2 on the FMA pipe")
     return ", ".join(parts)
 
 

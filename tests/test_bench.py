@@ -526,6 +526,21 @@ def test_launch_info_names_the_kernel_variant(name: str, expected: str) -> None:
     assert providers.launch_info(q, q, q, prob, 0.1, 90, prob.q_tile_shape, prob.kv_tile_shape) == expected
 
 
+def test_launch_info_names_the_exp2_emulation(monkeypatch) -> None:
+    from gna_cute.kernels import interface, tile_choice
+
+    monkeypatch.setattr(tile_choice, "PRODUCT_EXP2_EMULATION", True)
+    interface._config_of.cache_clear()
+    try:
+        prob = next(p for p in problems.suite("dtype-headdim") if p.name.startswith("2d-256x256-w80x80-s16x16-h24-d64"))
+        q = torch.empty((prob.batch, *prob.spatial_shape, prob.heads, prob.head_dim), dtype=torch.float16,
+                        device="meta")
+        info = providers.launch_info(q, q, q, prob, 0.1, 90, prob.q_tile_shape, prob.kv_tile_shape)
+    finally:
+        interface._config_of.cache_clear()
+    assert info.endswith(f", 1 in {tile_choice.EXP2_EMULATION_EVERY} exp2 on the FMA pipe"), info
+
+
 def test_looped_ratio_to_the_best_peer():
     """``--sustained``: each looped row's ratio to the best looped peer of its problem (here 20 ms
     vs the faster peer's 21 ms), shown next to the timed ratio; a problem whose peers did not loop
