@@ -56,8 +56,7 @@ def attention(
                                    q_tile_shape, kv_tile_shape)  # fmt: skip
         hit = None if key is None else call_cache.get(key)
         if hit is not None:
-            if not isinstance(return_lse, bool):
-                raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
+            _check_return_lse(return_lse)
             checked, launch = hit
             out, lse = launch(AttentionArgs(q, k, v, checked.params, checked.scale, None, None,
                                             checked.q_tile_shape, checked.kv_tile_shape))  # fmt: skip
@@ -67,8 +66,7 @@ def attention(
         additional_keys, additional_values, q_tile_shape, kv_tile_shape,
     )  # fmt: skip
     check_backend_name(backend, BACKEND_NAMES)
-    if not isinstance(return_lse, bool):
-        raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
+    _check_return_lse(return_lse)
     p = checked.params
     if eager:
         # Same implementation as the op's, minus its dispatch layers and second argument check:
@@ -88,6 +86,11 @@ def attention(
             _list(checked.q_tile_shape), _list(checked.kv_tile_shape),
         )  # fmt: skip
     return (out, lse) if return_lse else out
+
+
+def _check_return_lse(return_lse: object) -> None:
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {return_lse!r}")
 
 
 def _eager_without_grad(*tensors: torch.Tensor | None) -> bool:

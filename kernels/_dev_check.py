@@ -577,9 +577,11 @@ def _trace_rows(t, tiles, grid: int, stamped=None) -> tuple:
         for i, w in enumerate(ws):
             if tiles[w] > 1:
                 ph[f"per tile, item {min(i, 2)}"].append((t[w, 4] - t[w, 13]) / (tiles[w] - 1))
-            for s in range(1, min(13, int(tiles[w]))):
-                if i < 2 and stamped[w, 17 + s] and stamped[w, 16 + s if s > 1 else 13]:
-                    steps[(i, s)].append(t[w, 17 + s] - t[w, 16 + s if s > 1 else 13])
+            if i < 2:
+                for s in range(1, min(13, int(tiles[w]))):
+                    prev = 16 + s if s > 1 else 13  # step s - 1's stamp; step 0's is the first S
+                    if stamped[w, 17 + s] and stamped[w, prev]:
+                        steps[(i, s)].append(t[w, 17 + s] - t[w, prev])
             ph["epilogue"].append(t[w, 5] - t[w, 4])
             if i + 1 < len(ws):
                 ph["boundary"].append(t[ws[i + 1], 13] - t[w, 4])

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 from math import gcd, prod
+from typing import Any
 
 from gna_cute.params import GNAParams
 from gna_cute.kernels import config

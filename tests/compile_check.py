@@ -69,6 +69,14 @@ def sass_text(files: list[str]) -> str:
     return "\n".join(Path(f).read_text() for f in files)
 
 
+_INSTRUCTION = re.compile(r"\s*/\*[0-9a-f]+\*/\s+([^;]*);")
+
+
+def sass_instructions(sass: str) -> list[str]:
+    """``sass``'s instructions in order (without their addresses)."""
+    return [m.group(1).strip() for line in sass.splitlines() if (m := _INSTRUCTION.match(line))]
+
+
 def sass_loops(sass: str) -> list[list[str]]:
     """The instruction lists of ``sass``'s loops: from a label to a branch back to it."""
     ins: list[str] = []
@@ -76,7 +84,7 @@ def sass_loops(sass: str) -> list[list[str]]:
     for line in sass.splitlines():
         if m := re.match(r"\s*(\.L_x_\d+):", line):
             labels[m.group(1)] = len(ins)
-        elif m := re.match(r"\s*/\*[0-9a-f]+\*/\s+([^;]*);", line):
+        elif m := _INSTRUCTION.match(line):
             ins.append(m.group(1).strip())
     loops = []
     for i, text in enumerate(ins):

@@ -19,7 +19,6 @@ compiled once, up front, in parallel processes (``interface.warm``), into the di
 from __future__ import annotations
 
 import dataclasses
-import math
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
@@ -158,8 +157,7 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         assert cfg.cluster_dim >= 0 and cfg.cluster_tail, cfg
         interface.warm([cfg, counted])
         out, lse = kernel["forward"](args)
-        big = math.prod(case.spatial) > ks.MAX_SMALL_TOKENS
-        errors = ks.measure(case, args, out, lse, full_reference=not big)
+        errors = ks.measure(case, args, out, lse, full_reference=ks.is_small(case.spatial))
         assert errors.ok(), errors
         expected = sim.tile_counts(args.params, counted.q_tile_shape, counted.kv_tile_shape)
         np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
@@ -178,7 +176,7 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         assert cfg.exp2_emulation > 0, cfg
         interface.warm([cfg])
         out, lse = kernel["forward"](args)
-        errors = ks.measure(case, args, out, lse, full_reference=math.prod(case.spatial) <= ks.MAX_SMALL_TOKENS)
+        errors = ks.measure(case, args, out, lse, full_reference=ks.is_small(case.spatial))
         assert errors.ok(), errors
 
     @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])

@@ -293,10 +293,15 @@ def exp2_emulation_cases() -> list[Case]:
 # ---------------------------------------------------------------------------------------------
 
 
+def is_small(spatial: tuple[int, ...]) -> bool:
+    """Few enough tokens that every row is checked (and a whole fp32 reference is cheap)."""
+    return math.prod(spatial) <= MAX_SMALL_TOKENS
+
+
 def select_rows(spatial: tuple[int, ...], seed: int) -> np.ndarray:
     """All token indices of a small problem; else the corners of the grid plus a random sample."""
     n = math.prod(spatial)
-    if n <= MAX_SMALL_TOKENS:
+    if is_small(spatial):
         return np.arange(n)
     rng = np.random.default_rng(seed)
     corners = [np.ravel_multi_index(tuple(x * (n_i - 1) for x, n_i in zip(c, spatial)), spatial)

@@ -89,8 +89,8 @@ def test_wgmma_not_serialized(compiled, index: int) -> None:
 
 def test_exp2_emulation_moves_a_quarter_of_the_exponentials_off_mufu(compiled) -> None:
     """``exp2_emulation=4``: in every softmax loop (masked and unmasked) 16 of a thread's 64
-    exponentials per tile (per tile of the loop body) leave MUFU for ``softmax.exp2_poly`` (3 FFMA each for the cubic, an LEA
-    builds 2^j), and nothing spills."""
+    exponentials per tile (per tile of the loop body) leave MUFU for ``softmax.exp2_poly`` (3 FFMA
+    each for the cubic, an LEA builds 2^j), and nothing spills."""
     report, _ = compiled
     plain, poly = (sass_text(report["sass"][i]) for i in (1, len(CONFIGS) - 1))
     assert CONFIGS[-1] == dataclasses.replace(CONFIGS[1], exp2_emulation=4)

@@ -11,13 +11,12 @@ The ``early`` variant must shorten the unmasked mainloop and its turn window, an
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
 import pytest
 
-from compile_check import child_env, opcode, sass_loops
+from compile_check import child_env, opcode, sass_instructions, sass_loops
 
 pytest.importorskip("cutlass")
 
@@ -69,11 +68,7 @@ def test_persistent_trace_compiles_with_timer_reads(report: dict) -> None:
 
 
 def _count(sass: str, prefix: str) -> int:
-    return sum(opcode(x).startswith(prefix) for x in _instructions(sass))
-
-
-def _instructions(sass: str) -> list[str]:
-    return [m.group(1).strip() for m in re.finditer(r"/\*[0-9a-f]+\*/\s+([^;]*);", sass)]
+    return sum(opcode(x).startswith(prefix) for x in sass_instructions(sass))
 
 
 def test_l2_prefetch_only_where_asked(report: dict) -> None:
