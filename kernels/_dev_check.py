@@ -129,6 +129,14 @@ VARIANTS = {
     # the product would take it at head dims <= 64 only, the checks run it on every case)
     "rotated+mc+em4": dict(mainloop="rotated", exp2_emulation=4),
     "rotated+mc+pers+em4": dict(mainloop="rotated", persistent_ctas=132, exp2_emulation=4),
+    # full KV tiles first, from the first 8- (2-) aligned one along dim 0, so that neighbouring Q
+    # tiles of a sliding window start on one shared KV tile (``GNAFwdSm90(kv_start_align=A)``);
+    # ff2 rotates the walk in most dev cases (correctness), ff8 is the 1D s=1 product candidate
+    "rotated+mc+ff2": dict(mainloop="rotated", kv_start_align=2),
+    "rotated+mc+pers+ff2": dict(mainloop="rotated", persistent_ctas=132, kv_start_align=2),
+    "rotated+mc+pers4+ff2": dict(mainloop="rotated", persistent_ctas=4, kv_start_align=2),
+    "rotated+mc+pers+ff8": dict(mainloop="rotated", persistent_ctas=132, kv_start_align=8),
+    "rotated+mc+pers+ff8+trace": dict(mainloop="rotated", persistent_ctas=132, kv_start_align=8, trace=True),
 }
 
 
@@ -140,7 +148,8 @@ def cluster_limit(variant: str) -> int:
 
 #: Variants ``sweep`` checks for correctness but does not time (a few CTAs: slow by design).
 CHECK_ONLY_VARIANTS = ("rotated+mc+pers4", "rotated+mc+pers4+seq", "rotated+mc+pers6", "rotated+q4+pers4",
-                       "rotated+q4+pers8", "rotated+mc+pers6+tail", "rotated+mc+pers4+pf2")
+                       "rotated+q4+pers8", "rotated+mc+pers6+tail", "rotated+mc+pers4+pf2",
+                       "rotated+mc+ff2", "rotated+mc+pers+ff2", "rotated+mc+pers4+ff2")
 #: What ``sweep`` measures by default (``GNA_P_VARIANTS=a,b`` to change).
 SWEEP_VARIANTS = ("serial", "rotated+turns", "hybrid")
 

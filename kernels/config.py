@@ -80,6 +80,11 @@ class FwdConfig:
     # the MUFU unit, not the tensor cores, bounds a tile (head dim <= 64; ``softmax.exp2_poly``,
     # ``tile_choice.choose_exp2_emulation``).
     exp2_emulation: int = 0
+    # sm90 rotated mainloop: 0, the partial KV tiles first; A > 0, the full tiles first, from the
+    # first A-aligned one along dim 0 (so neighbouring Q tiles of a sliding window start on one
+    # shared KV tile), then the partial ones (``scheduler.TileGeometry.kv_start_align``;
+    # ``tile_choice.choose_kv_start_align``).
+    kv_start_align: int = 0
 
     @property
     def rank(self) -> int:

@@ -42,6 +42,9 @@ def check_config(cfg: FwdConfig, arch: int, kernel: str) -> None:
         raise ValueError("early_stage_slices=True: an sm90 option")
     if cfg.exp2_emulation < 0 or cfg.exp2_emulation == 1 or (cfg.exp2_emulation and arch != 90):
         raise ValueError(f"exp2_emulation={cfg.exp2_emulation}: 0 (none) or n >= 2 (every n-th exp2); an sm90 option")
+    if cfg.kv_start_align < 0 or (cfg.kv_start_align and (arch != 90 or cfg.mainloop != "rotated")):
+        raise ValueError(f"kv_start_align={cfg.kv_start_align}: 0 (partial tiles first) or A > 0 (full tiles first); "
+                         f"an sm90 option of the rotated mainloop (mainloop={cfg.mainloop!r})")
     if cfg.cluster_tail and cfg.cluster_dim < 0:
         raise ValueError("cluster_tail=True: needs a cluster_dim >= 0 (tail tiles of a paired dim)")
     if cfg.persistent_ctas and (arch != 90 or cfg.persistent_ctas < 0 or cfg.persistent_ctas % 2):

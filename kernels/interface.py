@@ -279,6 +279,7 @@ def _config_of(
         q_buffers=tile_choice.choose_q_buffers(arch, p, q_tile_shape, kv_tile_shape, persistent),
         early_stage_slices=tile_choice.choose_early_stage_slices(arch, mainloop),
         exp2_emulation=tile_choice.choose_exp2_emulation(arch, head_dim),
+        kv_start_align=tile_choice.choose_kv_start_align(arch, p, q_tile_shape, kv_tile_shape, mainloop, persistent),
     )
 
 

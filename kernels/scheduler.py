@@ -56,11 +56,21 @@ class TileGeometry:
     # nothing: their KV tile counts are equal (``pairable_dims(..., tail=True)``), so the cluster's
     # stages stay in step while each CTA loads its own K/V (``QTileWork.shared``).
     pair_tail: bool = False
+    # The visiting order of an item's KV tiles.  0: the partial tiles (masked loop), then the full
+    # ones.  A > 0: the full tiles first, walked from the first A-aligned full tile along dim 0
+    # (wrapping round to the box's start), then the partial ones.  Why: neighbouring Q tiles of a
+    # sliding window (s = 1) then start on one shared KV tile, so the launch's first loads are a
+    # few distinct K/V tiles instead of one per CTA (partial-first, each CTA's first tile is its own
+    # window edge); the blocked rows, whose Q tiles already share a start, reached the first S
+    # 3.9 us after the Q issue against 5.1 us for s = 1 (H100 trace, cold L2).
+    kv_start_align: int = 0
 
     def __post_init__(self) -> None:
         if self.tile_order and sorted(self.tile_order) != list(range(len(self.q_tile))):
             raise ValueError(f"tile_order={self.tile_order}: must be empty or a permutation of the "
                              f"{len(self.q_tile)} dims")
+        if not isinstance(self.kv_start_align, int) or self.kv_start_align < 0:
+            raise ValueError(f"kv_start_align={self.kv_start_align!r}: must be an int >= 0")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "TileGeometry":
@@ -76,6 +86,7 @@ class TileGeometry:
             cfg.cluster_size,
             tuple(cfg.tile_order),
             cfg.cluster_tail,
+            cfg.kv_start_align,
         )
 
     @property
@@ -242,14 +253,42 @@ class QTileWork(DslCarried):
         self.num_kv_tiles = prod(self.kv_extent)
         self.num_full_tiles = prod(self.full_extent)
         self.num_partial_tiles = self.num_kv_tiles - self.num_full_tiles
+        # Full-first (kv_start_align): the full tiles' walk starts at dim-0 index ``full_start``
+        # (the first aligned one, else the box's first), ``full_shift`` positions into the
+        # row-major box.  Partial-first both stay Python 0s (no extra value carried in loops).
+        self.full_start: Num = 0
+        self.full_shift: Num = 0
+        if geom.kv_start_align > 0:
+            a = geom.kv_start_align
+            lo, ext = self.full_lo[0], self.full_extent[0]
+            up = (lo + (a - 1)) // a * a
+            self.full_start = sel(up < lo + ext, up, lo)
+            self.full_shift = (self.full_start - lo) * prod(self.full_extent[1:])
 
-    # The partial-first order: the kernels visit the partial tiles (masked loop body) before the
-    # full ones (unmasked body), so the two kinds of iterations run in separate loops and no
-    # per-tile branch merges masked and unmasked scores.  The full tiles are the sub-box
-    # ``full_lo + [0, full_extent)``; the partial ones are the rest of the box, peeled dim by dim.
+    # The visiting order: the kernels visit the two kinds of tiles in two runs, the partial tiles
+    # (masked loop body) and the full ones (unmasked loop body), so no per-tile branch merges
+    # masked and unmasked scores.  Partial-first by default; full-first with ``kv_start_align``.
+    # The full tiles are the sub-box ``full_lo + [0, full_extent)``; the partial ones are the rest
+    # of the box, peeled dim by dim.
+
+    @property
+    def full_first(self) -> bool:
+        """Whether the full tiles run first (a static property of the geometry)."""
+        return self.geom.kv_start_align > 0
+
+    def visit_runs(self) -> list[tuple[Callable[[Num], list[Num]], bool, Num]]:
+        """The item's two runs in visiting order: ``(tile_of, masked, count)`` each, where
+        ``tile_of(j)`` is the run's ``j``-th tile and ``masked`` (static) whether it needs the mask."""
+        partial = (self.partial_tile, True, self.num_partial_tiles)
+        full = (self.full_tile, False, self.num_full_tiles)
+        return [full, partial] if self.full_first else [partial, full]
 
     def full_tile(self, j: Num) -> list[Num]:
-        """Per-dim KV tile indices of the ``j``-th full tile (row-major over the full sub-box)."""
+        """Per-dim KV tile indices of the ``j``-th full tile (row-major over the full sub-box,
+        from position ``full_shift`` on, wrapping round)."""
+        if self.full_first:
+            k = j + self.full_shift
+            j = self.sel(k >= self.num_full_tiles, k - self.num_full_tiles, k)
         return self._box_index(j, self.full_lo, self.full_extent)
 
     def _partial_parts(self) -> list[tuple[list[Num], list[Num]]]:
@@ -292,18 +331,27 @@ class QTileWork(DslCarried):
         return self._box_index(j - base, origin, extent)
 
     def tile_at(self, s: Num) -> list[Num]:
-        """Per-dim KV tile indices of visiting step ``s`` (partial tiles, then full ones): a
+        """Per-dim KV tile indices of visiting step ``s`` (the first run, then the second): a
         decode per call, for look-ahead work off the loading path (the dev L2 prefetch)."""
-        partial = s < self.num_partial_tiles
-        pt, ft = self.partial_tile(s), self.full_tile(s - self.num_partial_tiles)
-        return [self.sel(partial, a, b) for a, b in zip(pt, ft)]
+        (first_of, _, n_first), (second_of, _, _) = self.visit_runs()
+        in_first = s < n_first
+        a, b = first_of(s), second_of(s - n_first)
+        return [self.sel(in_first, x, y) for x, y in zip(a, b)]
 
     def kv_boxes(self) -> list[tuple[list[Num], list[Num]]]:
         """The visited tiles as ``(origin, extent)`` boxes in the visiting order: the ``2 * rank``
-        partial parts, then the full sub-box.  Walking each box row-major with ``box_step`` gives
-        the order of ``partial_tile`` then ``full_tile`` without a division or a part search per
-        tile (the producer's loops; its issue slots are shared with a consumer warp's)."""
-        return self._partial_parts() + [(list(self.full_lo), list(self.full_extent))]
+        partial parts, then the full sub-box; full-first, the full sub-box split at ``full_start``
+        along dim 0 (its rotated walk) and then the partial parts.  Walking each box row-major
+        with ``box_step`` gives the order of ``visit_runs`` without a division or a part search
+        per tile (the producer's loops; its issue slots are shared with a consumer warp's)."""
+        full = [(list(self.full_lo), list(self.full_extent))]
+        if not self.full_first:
+            return self._partial_parts() + full
+        lo, start = self.full_lo[0], self.full_start
+        end = lo + self.full_extent[0]
+        rest = list(self.full_lo[1:]), list(self.full_extent[1:])
+        full = [([start] + rest[0], [end - start] + rest[1]), ([lo] + rest[0], [start - lo] + rest[1])]
+        return full + self._partial_parts()
 
     def box_step(self, idx: Sequence[Num], origin: Sequence[Num], extent: Sequence[Num]) -> list[Num]:
         """The row-major successor of ``idx`` inside a box (an odometer: the last dim advances, a dim

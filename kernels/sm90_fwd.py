@@ -16,6 +16,7 @@ so a tile is a box of in-group positions of one group.  TMA zero-fills border ti
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -103,7 +104,7 @@ class GNAFwdSm90:
         alias_o: bool = False, stages: int | None = None, trace: bool = False,
         persistent_ctas: int | None = None, split_epilogue: bool | None = None,
         overlap_items: bool = True, early_stage_slices: bool | None = None, q_stages: int | None = None,
-        prefetch_kv: int = 0, exp2_emulation: int | None = None,
+        prefetch_kv: int = 0, exp2_emulation: int | None = None, kv_start_align: int | None = None,
     ) -> None:
         fwd_common.check_config(cfg, 90, "GNAFwdSm90")
         if cfg.q_tile_size != 128:
@@ -143,6 +144,12 @@ class GNAFwdSm90:
         # (softmax.exp2_poly) where MUFU bounds the tile (head dim <= 64).
         self.exp2_emulation = cfg.exp2_emulation if exp2_emulation is None else exp2_emulation
         self.geom = TileGeometry.from_config(cfg)
+        # kv_start_align (cfg's, or this override): full KV tiles first, from an aligned shared
+        # start (``TileGeometry.kv_start_align``); the rotated mainloop only.
+        if kv_start_align is not None:
+            self.geom = dataclasses.replace(self.geom, kv_start_align=kv_start_align)
+        if self.geom.kv_start_align and self.mainloop != "rotated":
+            raise ValueError(f"kv_start_align={self.geom.kv_start_align}: needs the rotated mainloop, not {self.mainloop!r}")
         self.rank = cfg.rank
         self.dtype = fwd_common.DTYPES[cfg.dtype]
         self.tile_m = cfg.q_tile_size
@@ -370,8 +377,8 @@ class GNAFwdSm90:
         tma_atom_V: cute.CopyAtom, tma_V: cute.Tensor, sQ: cute.Tensor, sK: cute.Tensor, sV: cute.Tensor,
         pipe_q: Any, pipe_k: Any, pipe_v: Any,
     ):
-        """Producer warp: Q, then K and V of every scheduled KV tile, partial tiles first
-        (the consumers' order), walking ``QTileWork.kv_boxes`` with ``box_step``: a compare and a
+        """Producer warp: Q, then K and V of every scheduled KV tile in the consumers' order
+        (``QTileWork.visit_runs``), walking ``QTileWork.kv_boxes`` with ``box_step``: a compare and a
         select per dim and tile.  It replaced a producer that decoded every tile's index like the
         consumers do (both kinds, a part search, divisions): an ncu profile of the dense 2D problem
         counted 251 producer instructions per KV tile with it (FA4's producer: 70; now ~85), and
@@ -874,18 +881,19 @@ class GNAFwdSm90:
         tile j overlaps PV(j-1), and the two warpgroups take turns issuing (named barriers), so
         one's GEMMs run while the other does its softmax.
 
-        Tile 0 (QK and softmax only) is peeled; the partial tiles after it run in the masked loop,
-        then the full tiles in the unmasked one; the caller issues the last tile's PV (after
-        releasing Q in a persistent CTA).  ``state`` enters on tile 0's stage.
+        Tile 0 (QK and softmax only) is peeled; the tiles after it run in the item's two runs
+        (``QTileWork.visit_runs``: the masked loop, then the unmasked one, or full-first the other
+        way round); the caller issues the last tile's PV (after releasing Q in a persistent CTA).
+        ``state`` enters on tile 0's stage.
         Returns the number of unmasked iterations (the debug counters' "full" count) and the
         last tile's pipeline position.
         """
         step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
-        num_partial = work.num_partial_tiles
-        if num_partial > 0:
-            self._rotated_first(work.partial_tile(0), True, *step, state)
+        (first_of, first_masked, n_first), (second_of, second_masked, _) = work.visit_runs()
+        if n_first > 0:
+            self._rotated_first(first_of(0), first_masked, *step, state)
         else:
-            self._rotated_first(work.full_tile(0), False, *step, state)
+            self._rotated_first(second_of(0), second_masked, *step, state)
         if const_expr(self.trace):
             if cute.arch.thread_idx()[0] == 128:
                 self._stamp(14, cute.arch.globaltimer_lo())
@@ -897,17 +905,17 @@ class GNAFwdSm90:
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tSrQ: cute.Tensor,
         tSrK: cute.Tensor, tOrP: cute.Tensor, tOrVt: cute.Tensor, pipe_k: Any, pipe_v: Any, state: Any,
     ) -> Any:
-        """The rotated steps after the peeled tile 0: the partial tiles, then the full ones;
-        returns the last tile's pipeline position."""
+        """The rotated steps after the peeled tile 0: the item's first run (the partial tiles, or
+        full-first the full ones), then its second; returns the last tile's pipeline position."""
         step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
-        num_partial = work.num_partial_tiles
-        for j in cutlass.range(1, num_partial, unroll=1):
-            state = self._rotated_step(wg, work.partial_tile, j, True, *step, state)
+        (first_of, first_masked, n_first), (second_of, second_masked, n_second) = work.visit_runs()
+        for j in cutlass.range(1, n_first, unroll=1):
+            state = self._rotated_step(wg, first_of, j, first_masked, *step, state)
             self._stamp_step(j)
-        # The full tiles; the first one was peeled when there is no partial tile.
-        for f in cutlass.range(1 - cutlass.min(num_partial, 1), work.num_full_tiles, unroll=1):
-            state = self._rotated_step(wg, work.full_tile, f, False, *step, state)
-            self._stamp_step(num_partial + f)
+        # The second run; its first tile was peeled when the first run is empty.
+        for f in cutlass.range(1 - cutlass.min(n_first, 1), n_second, unroll=1):
+            state = self._rotated_step(wg, second_of, f, second_masked, *step, state)
+            self._stamp_step(n_first + f)
         return state
 
     @cute.jit
@@ -986,11 +994,13 @@ class GNAFwdSm90:
         self, work: QTileWork, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tOrP: cute.Tensor,
     ) -> None:
-        """Tile 0 of ``work`` (its QK done): masked if the item has partial tiles (they go first)."""
-        if work.num_partial_tiles > 0:
-            self._first_scores(work.partial_tile(0), True, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
+        """Tile 0 of ``work`` (its QK done): the first run's first tile, else the second's."""
+        (first_of, first_masked, n_first), (second_of, second_masked, _) = work.visit_runs()
+        if n_first > 0:
+            self._first_scores(first_of(0), first_masked, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
         else:
-            self._first_scores(work.full_tile(0), False, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
+            self._first_scores(second_of(0), second_masked, windows, col_coords, softmax, row_scale, acc_S, acc_O,
+                               tOrP)
 
     def _is_o_store_warp(self, wg: Int32) -> Any:
         """Whether this warp issues (and waits for) the O stores: the first warp of the storing

@@ -298,6 +298,49 @@ def choose_exp2_emulation(arch: int, head_dim: int) -> int:
     return EXP2_EMULATION_EVERY if arch == 90 and head_dim <= 64 and PRODUCT_EXP2_EMULATION else 0
 
 
+#: Whether the product visits the full KV tiles first (``FwdConfig.kv_start_align``), by rule:
+#: - ``PRODUCT_SHARED_START_1D``: persistent 1D sliding windows (partial tiles at both window
+#:   edges) from an aligned tile that groups of neighbouring Q tiles share, so the launch's first
+#:   K/V loads are ~17 distinct tiles instead of ~124 (1D 32K, w = 2048, s = 1; the blocked row,
+#:   whose first loads are shared, reached its first S 1.2 us sooner in the H100 trace);
+#: - ``PRODUCT_FULL_FIRST_UNIFORM``: items with no partial tile (dense, block-sparse strides), in
+#:   order unchanged (A = 1): ptxas builds the K descriptors of the first of the two loops without
+#:   the 32-bit add pairs (sm_90a, DSL 4.8.1: unmasked loop 507 -> 470 instructions per tile on 1D
+#:   dense, 515 -> 477 on 2D s = 16, 500 -> 463 on 3D s = 16; turn window ~100 -> 61-70).
+#: Both off until the interleaved bench timing on a GPU says they win.
+PRODUCT_SHARED_START_1D = False
+PRODUCT_FULL_FIRST_UNIFORM = False
+
+
+@lru_cache(maxsize=1024)
+def choose_kv_start_align(arch: int, params: GNAParams, q_tile_shape: tuple[int, ...],
+                          kv_tile_shape: tuple[int, ...], mainloop: str, persistent_ctas: int) -> int:
+    """``FwdConfig.kv_start_align`` (0: partial tiles first) for the sm90 rotated mainloop.
+
+    Problems with no partial tile take 1 (full-first, unrotated).  Other 1D persistent problems
+    whose interior Q tiles visit partial tiles and ``F >= 3`` full ones take the largest power of
+    two ``A <= (F + 1) / 2``: then the ``A`` neighbours of an aligned group all see KV tile
+    ``A * g`` fully and start there.  Only the static parameters (and the problem's uniformity,
+    which the persistent launch already depends on) decide.
+    """
+    if arch != 90 or mainloop != "rotated":
+        return 0
+    if _uniform_work(params, q_tile_shape, kv_tile_shape):
+        return 1 if PRODUCT_FULL_FIRST_UNIFORM else 0
+    if PRODUCT_SHARED_START_1D and params.rank == 1 and persistent_ctas:
+        _, extent, _, full = _interior_schedule(_geometry(params, q_tile_shape, kv_tile_shape), 0)
+        if full >= 3 and extent > full:
+            return 1 << (((full + 1) // 2).bit_length() - 1)
+    return 0
+
+
+def _interior_schedule(geom: TileGeometry, dim: int) -> tuple[int, int, int, int]:
+    """``dim_schedule`` of a Q tile in the middle of a long axis (no border clamps its window)."""
+    q, k, s, d = geom.q_tile[dim], geom.kernel_size[dim], geom.stride[dim], geom.dilation[dim]
+    margin = -(-(k * d + s) // q) + 1
+    return dim_schedule(geom, dim, 2 * margin, (4 * margin + 1) * q)
+
+
 @lru_cache(maxsize=64)
 def _tile_counts(params: GNAParams, q_tile_shape: tuple[int, ...], kv_tile_shape: tuple[int, ...]) -> Any:
     """The simulator's visited / full KV tiles per Q tile (the counts the kernels' debug counters

@@ -66,6 +66,8 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
     tail_cases = ks.tail_cluster_cases() if arch == 90 else []
     # the softmax's FMA-pipe exponentials (sm90, ``FwdConfig.exp2_emulation``), forced on likewise
     exp2_cases = ks.exp2_emulation_cases() if arch == 90 else []
+    # full-first visiting (sm90, ``FwdConfig.kv_start_align``), both product rules forced on
+    kv_start_cases = ks.kv_start_cases() if arch == 90 else []
     kernel = {
         "can_run": getattr(interface, f"can_run_{name}"),
         "forward": getattr(interface, f"forward_{name}"),
@@ -178,6 +180,33 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         out, lse = kernel["forward"](args)
         errors = ks.measure(case, args, out, lse, full_reference=ks.is_small(case.spatial))
         assert errors.ok(), errors
+
+    @pytest.mark.parametrize("sm_count", [132, 6])
+    @pytest.mark.parametrize("case, align", kv_start_cases, ids=[c.id for c, _ in kv_start_cases])
+    def test_kv_start_align(case: ks.Case, align: int, sm_count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Output, LSE and tile counts with the full KV tiles visited first (from the product rule's
+        aligned start), on the SM count's persistent CTAs and on 6 (many items per CTA, so the
+        next item's first tile follows a masked one across the pipelined boundary)."""
+        from gna_cute.kernels import tile_choice
+
+        monkeypatch.setattr(tile_choice, "PRODUCT_SHARED_START_1D", True)
+        monkeypatch.setattr(tile_choice, "PRODUCT_FULL_FIRST_UNIFORM", True)
+        monkeypatch.setattr(interface, "_sm_count", lambda device: sm_count)
+        tile_choice.choose_kv_start_align.cache_clear()
+        interface._config_of.cache_clear()
+        try:
+            args = case.args()
+            cfg, counted = (interface.make_config(args, arch, count_tiles=c) for c in (False, True))
+            assert cfg.kv_start_align == align and cfg.persistent_ctas == sm_count, cfg
+            interface.warm([cfg, counted])
+            out, lse = kernel["forward"](args)
+            errors = ks.measure(case, args, out, lse, full_reference=ks.is_small(case.spatial))
+            assert errors.ok(), errors
+            expected = sim.tile_counts(args.params, counted.q_tile_shape, counted.kv_tile_shape)
+            np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
+        finally:
+            tile_choice.choose_kv_start_align.cache_clear()
+            interface._config_of.cache_clear()
 
     @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
     def test_auto_picks_the_kernel(case: ks.Case, compile_errors: dict) -> None:

@@ -288,6 +288,23 @@ def exp2_emulation_cases() -> list[Case]:
     ]
 
 
+def kv_start_cases() -> list[tuple[Case, int]]:
+    """Problems for full-first visiting (sm90 ``FwdConfig.kv_start_align``) with the A the product
+    rule gives: 1D sliding windows from a shared aligned tile (A = 8 and 2; GQA, bf16 D 64, a last
+    tile half outside the axis, a dilated stride-3 window), and uniform items full-first in order
+    (A = 1: 2D s=16, 3D dense, 1D blocked)."""
+    f16, bf16 = torch.float16, torch.bfloat16
+    return [
+        (Case(Static(f16, 128, (2048,), (1,), (1,), (False,)), (8192,), 1, 2, 1, seed=500, label="ff"), 8),
+        (Case(Static(bf16, 64, (512,), (1,), (1,), (False,)), (3000,), 2, 2, 2, seed=501, label="ff"), 2),
+        (Case(Static(f16, 128, (1000,), (3,), (2,), (False,)), (6000,), 1, 2, 2, seed=502, label="ff"), 2),
+        (Case(Static(f16, 128, (32, 32), (16, 16), (1, 1), (False, False)), (64, 64), 1, 2, 2, seed=503, label="ff"), 1),
+        (Case(Static(bf16, 128, (6, 8, 16), (1, 1, 1), (1, 1, 1), (False,) * 3), (6, 8, 16), 2, 2, 1, seed=504,
+              label="ff"), 1),
+        (Case(Static(f16, 128, (1024,), (1024,), (1,), (False,)), (4096,), 1, 2, 2, seed=505, label="ff"), 1),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Independent fp64 truth and the same-precision baseline, on selected query rows
 # ---------------------------------------------------------------------------------------------

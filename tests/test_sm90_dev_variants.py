@@ -4,7 +4,8 @@ The persistent ``trace`` variant must compile and read the global timer, the pla
 the L2 prefetch (``pf2``) must add prefetches and leave the loads alone.
 The config fields ``q_buffers`` / ``early_stage_slices`` must build the same loop as the dev options.
 The ``early`` variant must shorten the unmasked mainloop and its turn window, and with one Q buffer
-(``q1``) drop every 32-bit descriptor step.  A fresh process with SASS dumps on compiles the
+(``q1``) drop every 32-bit descriptor step.  Full-first (``ff2``, a 1D sliding window) must run the
+unmasked loop first, shorter, with one more producer box loop.  A fresh process with SASS dumps on compiles the
 ``_dev_check`` variants of a 1D problem with Q-tile pairs.
 """
 
@@ -39,6 +40,10 @@ for variant in sys.argv[2:]:
 # the same options as config fields (the product's path): one Q buffer, early slices
 fields = dataclasses.replace(cfg, q_buffers=1, early_stage_slices=True)
 out["fields:q1+early"] = sass_of(VariantKey.of(fields, "rotated+mc+pers"))
+# a 1D sliding window (masked and unmasked tiles), partial-first and full-first
+s1 = make_cfg(1, 512)
+for variant in ("rotated+mc+pers", "rotated+mc+pers+ff2"):
+    out["s1:" + variant] = sass_of(VariantKey.of(s1, variant))
 print("REPORT" + json.dumps({"cluster_dim": cfg.cluster_dim, "sass": out}))
 """
 
@@ -118,3 +123,24 @@ def test_config_fields_build_the_dev_options(report: dict) -> None:
     # FwdConfig(q_buffers=1, early_stage_slices=True) is how the product would ask for them
     dev, fields = (_unmasked_loop(report["sass"][v]) for v in ("rotated+mc+pers+q1+early", "fields:q1+early"))
     assert fields == dev
+
+
+def _loops_with_gemms(sass: str) -> list[list[str]]:
+    """The rotated mainloops (16 HGMMAs, 64+ exps, a turn passed with BAR.ARV), in code order."""
+    return [body for body in sass_loops(sass) if sum(opcode(x).startswith("HGMMA") for x in body) == 16
+            and sum(opcode(x).startswith("MUFU") for x in body) >= 64 and any(opcode(x) == "BAR.ARV" for x in body)]
+
+
+def test_full_first_runs_the_short_unmasked_loop_first(report: dict) -> None:
+    # sm_90a, DSL 4.8.1: ptxas builds the K descriptors of the second of the two loops as 32-bit
+    # add pairs; full-first that is the masked loop (2 tiles of 17 on the 1D s=1 row).  1D w=512:
+    # unmasked 499 -> 462 instructions per tile.  One more producer box loop (the rotated full
+    # box is split in two): 2 more K and 2 more V loads (64-wide boxes at D 128); no spills.
+    plain, ff = report["sass"]["s1:rotated+mc+pers"], report["sass"]["s1:rotated+mc+pers+ff2"]
+    masked = [sum(opcode(x) == "FSEL" for x in body) >= 8 for body in _loops_with_gemms(plain)]
+    assert masked == [True, False]
+    loops = _loops_with_gemms(ff)
+    assert [sum(opcode(x) == "FSEL" for x in body) >= 8 for body in loops] == [False, True]
+    assert len(loops[0]) < len(_loops_with_gemms(plain)[1])
+    assert _count(ff, "UTMALDG") == _count(plain, "UTMALDG") + 4
+    assert _count(ff, "STL") == _count(ff, "LDL") == 0

@@ -356,7 +356,43 @@ def test_exp2_emulation_follows_the_product_flag(monkeypatch: pytest.MonkeyPatch
     assert tile_choice.choose_exp2_emulation(100, 64) == 0
 
 
+def test_kv_start_align_follows_the_product_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off by default; on, A = 1 where no item has a partial tile, and for persistent 1D sliding
+    windows the largest power of two whose aligned groups of Q tiles all see their group's first
+    KV tile fully (checked with the shared window math, not the scheduler)."""
+    from gna_cute import neighborhood as nb
+
+    s1, narrow = GNAParams.make((32768,), 2048), GNAParams.make((32768,), 512)
+    blocked, dense = GNAParams.make((32768,), 2048, 2048), GNAParams.make((32768,), 32768)
+    cases = [s1, narrow, blocked, dense, GNAParams.make((256, 256), 80, 16), GNAParams.make((256, 256), 80)]
+    choose = tile_choice.choose_kv_start_align
+    tiles = {p: tile_choice.choose_tile_shapes(90, p, 128) for p in cases}
+    monkeypatch.setattr(tile_choice, "PRODUCT_SHARED_START_1D", False)
+    monkeypatch.setattr(tile_choice, "PRODUCT_FULL_FIRST_UNIFORM", False)
+    choose.cache_clear()
+    assert all(choose(90, p, *tiles[p], "rotated", 132) == 0 for p in cases)
+    monkeypatch.setattr(tile_choice, "PRODUCT_SHARED_START_1D", True)
+    monkeypatch.setattr(tile_choice, "PRODUCT_FULL_FIRST_UNIFORM", True)
+    choose.cache_clear()
+    try:
+        assert [choose(90, p, *tiles[p], "rotated", 132) for p in cases] == [8, 2, 1, 1, 1, 0]
+        assert choose(90, s1, *T1, "rotated", 0) == 0  # one CTA per item: CTAs start at different times
+        assert choose(90, s1, *T1, "serial", 132) == 0 and choose(100, s1, *T1, "rotated", 132) == 0
+        for p, a in ((s1, 8), (narrow, 2)):
+            w = p.kernel_size[0]
+            for g in range(w // 128 // a + 1, 32768 // 128 // a - w // 128 // a - 1):
+                assert all(nb.kv_tile_is_full(q, a * g, 128, 128, 32768, w, 1, False) for q in range(a * g, a * g + a))
+            # and no larger power of two would do: some group of 2A misses its first tile
+            assert not all(nb.kv_tile_is_full(q, 2 * a * g, 128, 128, 32768, w, 1, False)
+                           for g in range(4, 8) for q in range(2 * a * g, 2 * a * g + 2 * a))
+    finally:
+        choose.cache_clear()
+
+
 @pytest.mark.parametrize("changes, words", [(dict(q_buffers=3), ["q_buffers=3"]),
+                                            (dict(kv_start_align=-1), ["kv_start_align=-1"]),
+                                            (dict(kv_start_align=8), ["kv_start_align=8", "rotated"]),
+                                            (dict(arch=100, kv_start_align=8, mainloop="rotated"), ["kv_start_align=8", "sm90"]),
                                             (dict(arch=100, q_buffers=1), ["q_buffers=1", "sm90"]),
                                             (dict(arch=100, early_stage_slices=True), ["early_stage_slices", "sm90"]),
                                             (dict(arch=100, exp2_emulation=4), ["exp2_emulation=4", "sm90"])])
