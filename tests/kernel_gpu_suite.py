@@ -133,14 +133,33 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         expected = sim.tile_counts(args.params, cfg.q_tile_shape, cfg.kv_tile_shape)
         np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
 
-    def product_flag_on(monkeypatch: pytest.MonkeyPatch, flag: str):
-        """The host layer with ``tile_choice.<flag>`` on (its config cache cleared on both sides)."""
+    def product_flag_on(monkeypatch: pytest.MonkeyPatch, *flags: str):
+        """The host layer with ``tile_choice.<flag>`` on for each flag (its config caches, and
+        those of the choices that read the flags, cleared on both sides)."""
         from gna_cute.kernels import tile_choice
 
-        monkeypatch.setattr(tile_choice, flag, True)
-        interface._config_of.cache_clear()
+        def clear() -> None:
+            for fn in (interface._config_of, tile_choice.choose_kv_start_align, tile_choice.choose_q_buffers):
+                fn.cache_clear()
+
+        for flag in flags:
+            monkeypatch.setattr(tile_choice, flag, True)
+        clear()
         yield
-        interface._config_of.cache_clear()
+        clear()
+
+    def check_counted_run(case: ks.Case, expect) -> None:
+        """``case`` through the host layer, whose config must satisfy ``expect``: output and LSE
+        against the reference, the debug tile counts against the simulator."""
+        args = case.args()
+        cfg, counted = (interface.make_config(args, arch, count_tiles=c) for c in (False, True))
+        assert expect(cfg), cfg
+        interface.warm([cfg, counted])
+        out, lse = kernel["forward"](args)
+        errors = ks.measure(case, args, out, lse, full_reference=ks.is_small(case.spatial))
+        assert errors.ok(), errors
+        expected = sim.tile_counts(args.params, counted.q_tile_shape, counted.kv_tile_shape)
+        np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
 
     @pytest.fixture
     def tails_on(monkeypatch: pytest.MonkeyPatch):
@@ -154,15 +173,7 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         paired dim's last tiles), on the SM count's persistent CTAs where the work is uniform and on
         6 (many items per CTA, shared and tail clusters in one CTA's walk)."""
         monkeypatch.setattr(interface, "_sm_count", lambda device: sm_count)
-        args = case.args()
-        cfg, counted = (interface.make_config(args, arch, count_tiles=c) for c in (False, True))
-        assert cfg.cluster_dim >= 0 and cfg.cluster_tail, cfg
-        interface.warm([cfg, counted])
-        out, lse = kernel["forward"](args)
-        errors = ks.measure(case, args, out, lse, full_reference=ks.is_small(case.spatial))
-        assert errors.ok(), errors
-        expected = sim.tile_counts(args.params, counted.q_tile_shape, counted.kv_tile_shape)
-        np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
+        check_counted_run(case, lambda cfg: cfg.cluster_dim >= 0 and cfg.cluster_tail)
 
     @pytest.fixture
     def exp2_emulation_on(monkeypatch: pytest.MonkeyPatch):
@@ -181,32 +192,20 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         errors = ks.measure(case, args, out, lse, full_reference=ks.is_small(case.spatial))
         assert errors.ok(), errors
 
+    @pytest.fixture
+    def full_first_on(monkeypatch: pytest.MonkeyPatch):
+        """Both full-first rules on (``FwdConfig.kv_start_align``)."""
+        yield from product_flag_on(monkeypatch, "PRODUCT_SHARED_START_1D", "PRODUCT_FULL_FIRST_UNIFORM")
+
     @pytest.mark.parametrize("sm_count", [132, 6])
     @pytest.mark.parametrize("case, align", kv_start_cases, ids=[c.id for c, _ in kv_start_cases])
-    def test_kv_start_align(case: ks.Case, align: int, sm_count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_kv_start_align(case: ks.Case, align: int, sm_count: int, full_first_on: None,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
         """Output, LSE and tile counts with the full KV tiles visited first (from the product rule's
         aligned start), on the SM count's persistent CTAs and on 6 (many items per CTA, so the
         next item's first tile follows a masked one across the pipelined boundary)."""
-        from gna_cute.kernels import tile_choice
-
-        monkeypatch.setattr(tile_choice, "PRODUCT_SHARED_START_1D", True)
-        monkeypatch.setattr(tile_choice, "PRODUCT_FULL_FIRST_UNIFORM", True)
         monkeypatch.setattr(interface, "_sm_count", lambda device: sm_count)
-        tile_choice.choose_kv_start_align.cache_clear()
-        interface._config_of.cache_clear()
-        try:
-            args = case.args()
-            cfg, counted = (interface.make_config(args, arch, count_tiles=c) for c in (False, True))
-            assert cfg.kv_start_align == align and cfg.persistent_ctas == sm_count, cfg
-            interface.warm([cfg, counted])
-            out, lse = kernel["forward"](args)
-            errors = ks.measure(case, args, out, lse, full_reference=ks.is_small(case.spatial))
-            assert errors.ok(), errors
-            expected = sim.tile_counts(args.params, counted.q_tile_shape, counted.kv_tile_shape)
-            np.testing.assert_array_equal(kernel["tile_counts"](args), expected)
-        finally:
-            tile_choice.choose_kv_start_align.cache_clear()
-            interface._config_of.cache_clear()
+        check_counted_run(case, lambda cfg: cfg.kv_start_align == align and cfg.persistent_ctas == sm_count)
 
     @pytest.mark.parametrize("case", replay_cases, ids=[c.id for c in replay_cases])
     def test_auto_picks_the_kernel(case: ks.Case, compile_errors: dict) -> None:
@@ -292,6 +291,8 @@ def define_tests(arch: int, name: str) -> dict[str, Callable[..., Any]]:
         "test_tail_clusters": test_tail_clusters,
         "exp2_emulation_on": exp2_emulation_on,
         "test_exp2_emulation": test_exp2_emulation,
+        "full_first_on": full_first_on,
+        "test_kv_start_align": test_kv_start_align,
         "test_repeated_signature_runs_on_its_own_tensors": test_repeated_signature_runs_on_its_own_tensors,
         "test_cuda_graph_capture_and_replay": test_cuda_graph_capture_and_replay,
         "test_torch_compile_fullgraph": test_torch_compile_fullgraph,
