@@ -210,6 +210,8 @@ def launch_info(q, k, v, problem: Problem, scale: float, arch: int, q_tile=None,
         parts.append("early stage slices")
     if cfg.exp2_emulation:
         parts.append(f"1 in {cfg.exp2_emulation} exp2 on the FMA pipe")
+    if cfg.kv_start_align:
+        parts.append("full tiles first" + (f" from {cfg.kv_start_align}-aligned tiles" if cfg.kv_start_align > 1 else ""))
     return ", ".join(parts)
 
 

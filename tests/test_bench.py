@@ -541,6 +541,27 @@ def test_launch_info_names_the_exp2_emulation(monkeypatch) -> None:
     assert info.endswith(f", 1 in {tile_choice.EXP2_EMULATION_EVERY} exp2 on the FMA pipe"), info
 
 
+@pytest.mark.parametrize("name, tail", [("1d-32768-w2048-h1", ", full tiles first from 8-aligned tiles"),
+                                        ("2d-256x256-w80x80-s16x16", ", full tiles first")])
+def test_launch_info_names_full_first_visiting(monkeypatch, name: str, tail: str) -> None:
+    from gna_cute.kernels import interface, tile_choice
+
+    monkeypatch.setattr(tile_choice, "PRODUCT_SHARED_START_1D", True)
+    monkeypatch.setattr(tile_choice, "PRODUCT_FULL_FIRST_UNIFORM", True)
+    monkeypatch.setattr(interface, "_sm_count", lambda device: 132)
+    interface._config_of.cache_clear()
+    tile_choice.choose_kv_start_align.cache_clear()
+    try:
+        prob = next(p for p in problems.suite("headline") if p.name.startswith(name))
+        q = torch.empty((prob.batch, *prob.spatial_shape, prob.heads, prob.head_dim), dtype=torch.float16,
+                        device="meta")
+        info = providers.launch_info(q, q, q, prob, 0.1, 90, prob.q_tile_shape, prob.kv_tile_shape)
+    finally:
+        interface._config_of.cache_clear()
+        tile_choice.choose_kv_start_align.cache_clear()
+    assert info.endswith(tail), info
+
+
 def test_looped_ratio_to_the_best_peer():
     """``--sustained``: each looped row's ratio to the best looped peer of its problem (here 20 ms
     vs the faster peer's 21 ms), shown next to the timed ratio; a problem whose peers did not loop
