@@ -889,11 +889,7 @@ class GNAFwdSm90:
         last tile's pipeline position.
         """
         step = (windows, col_coords, softmax, row_scale, acc_S, acc_O, tSrQ, tSrK, tOrP, tOrVt, pipe_k, pipe_v)
-        (first_of, first_masked, n_first), (second_of, second_masked, _) = work.visit_runs()
-        if n_first > 0:
-            self._rotated_first(first_of(0), first_masked, *step, state)
-        else:
-            self._rotated_first(second_of(0), second_masked, *step, state)
+        self._on_first_tile(work, lambda kv, masked: self._rotated_first(kv, masked, *step, state))
         if const_expr(self.trace):
             if cute.arch.thread_idx()[0] == 128:
                 self._stamp(14, cute.arch.globaltimer_lo())
@@ -994,13 +990,19 @@ class GNAFwdSm90:
         self, work: QTileWork, windows: RowWindows, col_coords: list, softmax: OnlineSoftmax,
         row_scale: cute.Tensor, acc_S: cute.Tensor, acc_O: cute.Tensor, tOrP: cute.Tensor,
     ) -> None:
-        """Tile 0 of ``work`` (its QK done): the first run's first tile, else the second's."""
+        """Tile 0 of ``work`` (its QK done)."""
+        self._on_first_tile(work, lambda kv, masked: self._first_scores(kv, masked, windows, col_coords, softmax,
+                                                                        row_scale, acc_S, acc_O, tOrP))
+
+    @cute.jit
+    def _on_first_tile(self, work: QTileWork, fn: Any) -> None:
+        """``fn(kv, masked)`` on the item's visiting step 0: the first run's first tile, else (an
+        empty first run) the second's; ``masked`` is static, so each branch builds its own body."""
         (first_of, first_masked, n_first), (second_of, second_masked, _) = work.visit_runs()
         if n_first > 0:
-            self._first_scores(first_of(0), first_masked, windows, col_coords, softmax, row_scale, acc_S, acc_O, tOrP)
+            fn(first_of(0), first_masked)
         else:
-            self._first_scores(second_of(0), second_masked, windows, col_coords, softmax, row_scale, acc_S, acc_O,
-                               tOrP)
+            fn(second_of(0), second_masked)
 
     def _is_o_store_warp(self, wg: Int32) -> Any:
         """Whether this warp issues (and waits for) the O stores: the first warp of the storing

@@ -217,9 +217,9 @@ def step_share(geom: TileGeometry, dim: int) -> float:
     """The fraction of a Q tile's visited KV tiles along ``dim`` that the previous Q tile along
     ``dim`` visits too, averaged over the interior of a long axis (away from its borders, where
     clamped windows would make it depend on the spatial size)."""
-    q, k, s, d = geom.q_tile[dim], geom.kernel_size[dim], geom.stride[dim], geom.dilation[dim]
+    q, s = geom.q_tile[dim], geom.stride[dim]
     period = q * s // gcd(q, s)  # the boxes' shifts repeat every period / q tiles
-    margin = -(-(k * d + s) // q) + 1  # tiles whose boxes a border can clamp
+    margin = _border_margin(geom, dim)
     count = 64 * (period // q) + 1
     n = (count + 2 * margin) * q
     boxes = [dim_schedule(geom, dim, t, n)[:2] for t in range(margin, margin + count)]
@@ -336,9 +336,14 @@ def choose_kv_start_align(arch: int, params: GNAParams, q_tile_shape: tuple[int,
 
 def _interior_schedule(geom: TileGeometry, dim: int) -> tuple[int, int, int, int]:
     """``dim_schedule`` of a Q tile in the middle of a long axis (no border clamps its window)."""
+    margin = _border_margin(geom, dim)
+    return dim_schedule(geom, dim, 2 * margin, (4 * margin + 1) * geom.q_tile[dim])
+
+
+def _border_margin(geom: TileGeometry, dim: int) -> int:
+    """How many Q tiles at each end of an axis along ``dim`` have KV boxes a border can clamp."""
     q, k, s, d = geom.q_tile[dim], geom.kernel_size[dim], geom.stride[dim], geom.dilation[dim]
-    margin = -(-(k * d + s) // q) + 1
-    return dim_schedule(geom, dim, 2 * margin, (4 * margin + 1) * q)
+    return -(-(k * d + s) // q) + 1
 
 
 @lru_cache(maxsize=64)
